@@ -1,0 +1,117 @@
+"""Service settings: one validated value object built from the environment.
+
+Every setting has a default that works out of the box; a bad value stops the
+service at start with a ConfigError naming the variable, the value and the
+accepted range, instead of failing later on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_UPSTREAM_URL = "https://huggingface.co/api/daily_papers"
+
+
+def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value}")
+    return value
+
+
+def _float_setting(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, got {value:g}")
+    return value
+
+
+def check_upstream_url(url: str) -> str:
+    """Accept an http(s) URL, a file:// URL or a local path to a JSON listing."""
+    url = url.strip()
+    if not url:
+        raise ConfigError("FEEDPROXY_UPSTREAM_URL is empty: unset it for the Hugging Face API, or give a URL or file path")
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"FEEDPROXY_UPSTREAM_URL has no host: {url!r}")
+        return url
+    if parts.scheme == "file" or parts.scheme == "" or len(parts.scheme) == 1:  # 1: a Windows drive letter
+        path = Path(parts.path if parts.scheme == "file" else url)
+        if not path.is_file():
+            raise ConfigError(f"FEEDPROXY_UPSTREAM_URL names a file that does not exist: {str(path)!r}")
+        return url
+    raise ConfigError(f"FEEDPROXY_UPSTREAM_URL must be http(s)://, file:// or a path, got scheme {parts.scheme!r}")
+
+
+# The environment variables read by Config.from_env, in README order. A typo
+# such as FEEDPROXY_WINDOWDAYS stops start instead of being silently ignored.
+SETTINGS = (
+    "FEEDPROXY_UPSTREAM_URL",
+    "FEEDPROXY_WINDOW_DAYS",
+    "FEEDPROXY_REFRESH_SECONDS",
+    "FEEDPROXY_CONNECT_TIMEOUT",
+    "FEEDPROXY_TIMEOUT",
+    "FEEDPROXY_MAX_RESPONSE_BYTES",
+    "FEEDPROXY_MAX_PAGES",
+    "FEEDPROXY_PROXY_COUNT",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; see the configuration table in README.md."""
+
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    window_days: int = 30
+    refresh_seconds: int = 900
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+    max_response_bytes: int = 16 * 1024 * 1024
+    max_pages: int = 100
+    proxy_count: int = 0
+    background_refresh: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window_days <= 3650:
+            raise ConfigError(f"window_days must be from 1 to 3650, got {self.window_days}")
+        if self.refresh_seconds < 1:
+            raise ConfigError(f"refresh_seconds must be positive, got {self.refresh_seconds}")
+        if self.max_pages < 1:
+            raise ConfigError(f"max_pages must be positive, got {self.max_pages}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Read FEEDPROXY_* variables, raising ConfigError on the first bad one."""
+        env = os.environ if environ is None else environ
+        unknown = sorted(k for k in env if k.startswith("FEEDPROXY_") and k not in SETTINGS)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]}: known settings are {', '.join(SETTINGS)}")
+        return cls(
+            upstream_url=check_upstream_url(env.get("FEEDPROXY_UPSTREAM_URL") or DEFAULT_UPSTREAM_URL),
+            window_days=_int_setting(env, "FEEDPROXY_WINDOW_DAYS", 30, 1, 3650),
+            refresh_seconds=_int_setting(env, "FEEDPROXY_REFRESH_SECONDS", 900, 60, 86400),
+            connect_timeout=_float_setting(env, "FEEDPROXY_CONNECT_TIMEOUT", 5.0, 0.1, 60),
+            read_timeout=_float_setting(env, "FEEDPROXY_TIMEOUT", 20.0, 0.1, 300),
+            max_response_bytes=_int_setting(env, "FEEDPROXY_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 1024, 1024**3),
+            max_pages=_int_setting(env, "FEEDPROXY_MAX_PAGES", 100, 1, 1000),
+            proxy_count=_int_setting(env, "FEEDPROXY_PROXY_COUNT", 0, 0, 5),
+        )

@@ -1,0 +1,91 @@
+"""The rendered-feed cache: finished feed bytes, their gzip copy and validators, per request shape.
+
+A repeated request does no filtering and no rendering: it is answered from
+here. Entries are keyed by snapshot version, so a new snapshot invalidates them
+all; the cache is bounded by bytes, not by count, so 100,000 distinct queries
+cannot exhaust a worker's memory. cachetools caches are not thread-safe, so
+every access holds the lock.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Hashable
+
+from cachetools import LRUCache
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class RenderedFeed:
+    """One rendered feed with what HTTP caching needs; the gzip copy is made once, on first need."""
+
+    body: bytes
+    media_type: str
+    last_modified: datetime
+    etag: str = field(init=False)
+    _gzipped: bytes | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Strong validator from the bytes alone: equal in every worker and instance.
+        self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+
+    @property
+    def gzip_etag(self) -> str:
+        """The gzip representation's own strong validator (different bytes, different ETag)."""
+        return self.etag[:-1] + '-gz"'
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            with self._lock:
+                if self._gzipped is None:
+                    # mtime=0: the same body always gives the same compressed bytes.
+                    self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+        return self._gzipped
+
+    def size(self) -> int:
+        """Bytes this entry may hold: the body and an allowance for its gzip copy (about a quarter)."""
+        return len(self.body) + len(self.body) // 4 + 256
+
+
+class FeedCache:
+    """A thread-safe LRU of RenderedFeed, bounded by bytes, emptied when the snapshot changes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+        self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda feed: feed.size())
+        self._lock = threading.Lock()
+        self._version: str | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_render(self, version: str, key: Hashable, render: Callable[[], RenderedFeed]) -> RenderedFeed:
+        """Return the cached feed for (version, key), rendering it outside the lock on a miss."""
+        with self._lock:
+            if version != self._version:
+                self._cache.clear()  # the old snapshot's feeds can never be served again
+                self._version = version
+            feed = self._cache.get(key)
+            if feed is not None:
+                self.hits += 1
+                return feed
+            self.misses += 1
+        feed = render()
+        with self._lock:
+            if version == self._version and feed.size() <= self._cache.maxsize:
+                self._cache[key] = feed
+        return feed
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    @property
+    def current_bytes(self) -> int:
+        with self._lock:
+            return self._cache.currsize

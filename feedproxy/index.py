@@ -1,0 +1,436 @@
+"""Search a snapshot of papers: an inverted index built once, queried per request.
+
+Papers are numbered newest first, and a set of papers is a Python int with bit
+i set for paper i (a bitset): AND, OR and NOT are &, | and ~ over whole sets in
+C, and the lowest set bits are the newest matches, so a date-sorted page reads
+only as many bits as it shows. Each field maps a stem to the papers holding it.
+A bitset costs (number of the paper's last holder) / 8 bytes whatever its size,
+so stems held by few papers (most of them: author names, rare words) keep an
+array of paper numbers instead and become a bitset only when a query asks.
+
+Each paper also keeps its stems in order as a string, one character per stem,
+fields separated by NUL: "are these stems adjacent" is then a substring test,
+and a term's frequency is ``str.count``. A phrase is first narrowed to the
+papers holding all its stems; only those are checked, and for a date-sorted
+page only until the page is full.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+
+from .papers import Paper
+from .query import And, Node, Not, Or, Phrase, Query, Term, TextAnalyser, positive_leaves
+
+SORTS = ("date", "upvotes", "relevance")
+
+# The order of fields in a paper's stem string. None is the key of "any field".
+_LAYOUT = ("title", "abstract", "keyword", "author")
+_SEPARATOR = "\0"
+# A stem's postings stay an array until the bitset would be at most this many
+# times bigger: bitsets are faster to combine, arrays far smaller when rare.
+_DENSE_RATIO = 4
+# Phrases: the most spellings tried (a compound term in text may be hyphenated).
+_MAX_PHRASE_VARIANTS = 64
+# BM25 with the usual constants; a title occurrence counts 1 + _TITLE_EXTRA
+# times, because a title says what a paper is about.
+_K1, _B = 1.2, 0.75
+_TITLE_EXTRA = 2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_BIT_DIGITS = bytes.maketrans(b"\0\1", b"01")
+
+
+class PaperIndex:
+    """The papers of one snapshot, newest first, with everything a search needs."""
+
+    def __init__(self, papers: Iterable[Paper]) -> None:
+        self.papers: tuple[Paper, ...] = tuple(sorted(papers, key=lambda p: (p.published, p.id), reverse=True))
+        self._index_text()
+        self._index_filters()
+
+    def _index_text(self) -> None:
+        """Build the postings, the stem strings and the compound splits."""
+        typecode = "H" if len(self.papers) <= 1 << 16 else "I"
+        analyser = TextAnalyser()
+        # The first stems seen are the common ones; early code points keep most
+        # stem strings at 2 bytes a character.
+        codes: dict[str, str] = {}
+        holders = {field: defaultdict(lambda: array(typecode)) for field in _LAYOUT}
+        splits: defaultdict[str, set[str]] = defaultdict(set)
+        self._texts: list[str] = []
+        # _ends[field][n]: where field ends in paper n's stem string.
+        self._ends = {field: array("I") for field in _LAYOUT}
+        for number, paper in enumerate(self.papers):
+            field_texts = []
+            for field, texts in zip(_LAYOUT, _field_texts(paper)):
+                analyses = [analyser.analyse(text) for text in texts]
+                stems = {s for a in analyses for s in a.stems}
+                for a in analyses:
+                    for s in a.stems:
+                        if s not in codes:
+                            codes[s] = _stem_char(len(codes) + 1)
+                    for compound in a.compounds:
+                        stems.add(compound.joined)
+                        splits[compound.joined].add("".join(map(codes.__getitem__, compound.parts)))
+                for s in stems:
+                    holders[field][s].append(number)
+                field_texts.append(_SEPARATOR.join("".join(map(codes.__getitem__, a.stems)) for a in analyses))
+            self._texts.append(_SEPARATOR.join(field_texts))
+            end = -1
+            for field, field_text in zip(_LAYOUT, field_texts):
+                end += 1 + len(field_text)
+                self._ends[field].append(end)
+
+        self._fields = {field: _FieldPostings(holders.pop(field), typecode) for field in _LAYOUT}
+        # Stem -> code point as a sorted list and an array: a dict would cost
+        # eight times the memory, and a lookup happens only once per query term.
+        self._stems = sorted(codes)
+        self._codes = array("I", (ord(codes[s]) for s in self._stems))
+        # A compound's joined stem -> its parts as stem strings, NUL-separated,
+        # for phrases: "pretrained model" must find "pre-trained model".
+        self._splits = {joined: _SEPARATOR.join(sorted(parts)) for joined, parts in splits.items()}
+
+    def _index_filters(self) -> None:
+        """Build what the filters and sorts need: dates, upvotes, text lengths."""
+        average = sum(map(len, self._texts)) / len(self._texts) if self._texts else 1.0
+        self._norms = array("d", (_K1 * (1 - _B + _B * len(t) / (average or 1.0)) for t in self._texts))
+        self._upvotes = array("q", (p.upvotes for p in self.papers))
+        self._all = (1 << len(self.papers)) - 1
+        # Newest first, so the papers published at or after a moment are a prefix.
+        self._published_keys = [-_micros(p.published) for p in self.papers]
+        # _upvote_masks[i]: the papers with at least -_upvote_keys[i] upvotes (keys ascending).
+        self._upvote_keys: list[int] = []
+        self._upvote_masks: list[int] = []
+        mask = 0
+        by_upvotes = sorted(range(len(self.papers)), key=lambda n: -self._upvotes[n])
+        for upvotes, group in itertools.groupby(by_upvotes, key=self._upvotes.__getitem__):
+            mask |= _bits_from_positions(list(group))
+            self._upvote_keys.append(-upvotes)
+            self._upvote_masks.append(mask)
+
+    def __len__(self) -> int:
+        return len(self.papers)
+
+    def search(
+        self,
+        query: Query,
+        *,
+        min_upvotes: int = 0,
+        since: datetime | None = None,
+        sort: str = "date",
+        limit: int = 50,
+    ) -> list[Paper]:
+        """Return up to ``limit`` papers matching ``query`` and the filters, in ``sort`` order.
+
+        date: newest first (ties by id, descending); upvotes: most first, ties by
+        date; relevance: BM25 over the searched terms, ties by date.
+        """
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        if limit < 0 or min_upvotes < 0:
+            raise ValueError("limit and min_upvotes must not be negative")
+        if since is not None and since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        scope = self._scope(min_upvotes, since)
+        if not scope or not limit:
+            return []
+        search = _Search(self, scope)
+        if sort == "date":
+            found = search.newest(query.root, limit)
+        elif sort == "upvotes":
+            found = self._most_upvoted(search.matches(query.root), limit)
+        else:
+            found = self._most_relevant(query.root, search.matches(query.root), limit)
+        return [self.papers[n] for n in found]
+
+    def _scope(self, min_upvotes: int, since: datetime | None) -> int:
+        """Return the papers that pass the filters."""
+        scope = self._all
+        if since is not None:
+            scope &= (1 << bisect_right(self._published_keys, -_micros(since))) - 1
+        if min_upvotes > 0:
+            level = bisect_right(self._upvote_keys, -min_upvotes) - 1
+            scope &= self._upvote_masks[level] if level >= 0 else 0
+        return scope
+
+    def postings(self, stem: str, field: str | None) -> int:
+        """Return the papers whose ``field`` (None: any field) holds ``stem``."""
+        if field is not None:
+            return self._fields[field].bits(stem)
+        return _any_of(postings.bits(stem) for postings in self._fields.values())
+
+    def phrase_variants(self, stems: Sequence[str]) -> tuple[str, ...]:
+        """Return the stem strings that spell ``stems`` in a paper: joined or hyphenated."""
+        options = []
+        for s in stems:
+            spellings = []
+            code = self._code(s)
+            if code:
+                spellings.append(code)
+            if s in self._splits:
+                spellings.extend(self._splits[s].split(_SEPARATOR))
+            if not spellings:
+                return ()
+            options.append(spellings)
+        return tuple("".join(v) for v in itertools.islice(itertools.product(*options), _MAX_PHRASE_VARIANTS))
+
+    def _code(self, stem: str) -> str:
+        at = bisect_left(self._stems, stem)
+        return chr(self._codes[at]) if at < len(self._stems) and self._stems[at] == stem else ""
+
+    def has_phrase(self, number: int, variants: tuple[str, ...], field: str | None) -> bool:
+        """Tell whether paper ``number`` spells one of ``variants`` in ``field`` (None: any)."""
+        text = self._texts[number]
+        if field is None:
+            return variants[0] in text or any(v in text for v in variants[1:])
+        start, end = self._field_range(number, field)
+        return any(text.find(v, start, end) >= 0 for v in variants)
+
+    def _field_range(self, number: int, field: str) -> tuple[int, int]:
+        at = _LAYOUT.index(field)
+        start = self._ends[_LAYOUT[at - 1]][number] + 1 if at else 0
+        return start, self._ends[field][number]
+
+    def _most_upvoted(self, matches: int, limit: int) -> list[int]:
+        # The upvote masks are nested: find the smallest that still holds a
+        # full page of matches, then sort only the matches inside it.
+        low, high = 0, len(self._upvote_masks) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if (matches & self._upvote_masks[middle]).bit_count() >= limit:
+                high = middle
+            else:
+                low = middle + 1
+        candidates = matches & self._upvote_masks[high]
+        return sorted(_positions(candidates), key=lambda n: (-self._upvotes[n], n))[:limit]
+
+    def _most_relevant(self, root: Node | None, matches: int, limit: int) -> list[int]:
+        # Column by column: str.count mapped over all matches runs in C, which
+        # keeps a thousand matches near a millisecond.
+        numbers = list(_positions(matches))
+        texts = list(map(self._texts.__getitem__, numbers))
+        norms = list(map(self._norms.__getitem__, numbers))
+        scores = [0.0] * len(numbers)
+        for leaf in positive_leaves(root):
+            stems = (leaf.stem,) if isinstance(leaf, Term) else leaf.stems
+            frequency = _all_of(self.postings(s, leaf.field) for s in stems).bit_count()
+            if not frequency:
+                continue
+            counts = self._occurrences(texts, numbers, self._counted_variants(stems), leaf.field)
+            weight = math.log(1 + (len(self.papers) - frequency + 0.5) / (frequency + 0.5)) * (_K1 + 1)
+            scores = [s + weight * c / (c + n) if c else s for s, c, n in zip(scores, counts, norms)]
+        ranked = heapq.nsmallest(limit, zip([-s for s in scores], numbers))
+        return [number for _, number in ranked]
+
+    def _counted_variants(self, stems: Sequence[str]) -> tuple[str, ...]:
+        variants = self.phrase_variants(stems)
+        if len(stems) > 1 or len(variants) < 2:
+            return variants
+        # "Agent-S" is agent + s with joined stem "agent": counting that split
+        # as well as the part would count one word twice.
+        return tuple(v for v in variants if len(v) == 1 or variants[0] not in v)
+
+    def _occurrences(self, texts: list[str], numbers: list[int], variants: tuple[str, ...], field: str | None) -> list[int]:
+        """Count ``variants`` in each text, in ``field``, a title occurrence weighing more."""
+        if field is None:
+            starts: Iterable[int] = itertools.repeat(0)
+            ends = list(map(self._ends["title"].__getitem__, numbers))
+        else:
+            ranges = [self._field_range(n, field) for n in numbers]
+            starts, ends = [r[0] for r in ranges], [r[1] for r in ranges]
+        counts = [0] * len(texts)
+        for variant in variants:
+            repeat = itertools.repeat(variant)
+            in_range = map(str.count, texts, repeat, starts, ends)
+            if field is None:
+                # The range is the title: add the whole text once more.
+                in_range = (_TITLE_EXTRA * t + a for t, a in zip(in_range, map(str.count, texts, repeat)))
+            counts = [c + f for c, f in zip(counts, in_range)]
+        return counts
+
+
+class _FieldPostings:
+    """For one field, the papers holding each stem.
+
+    Common stems map to a bitset in ``dense``; rare ones to a slice of the
+    shared ``positions`` array, packed as start << 24 | count in ``sparse``.
+    """
+
+    __slots__ = ("dense", "sparse", "positions")
+
+    def __init__(self, holders: dict[str, array[int]], typecode: str) -> None:
+        self.dense: dict[str, int] = {}
+        self.sparse: dict[str, int] = {}
+        self.positions = array(typecode)
+        while holders:
+            stem, numbers = holders.popitem()
+            if numbers[-1] // 8 + 1 <= _DENSE_RATIO * numbers.itemsize * len(numbers):
+                self.dense[stem] = _bits_from_positions(numbers)
+            else:
+                self.sparse[stem] = len(self.positions) << 24 | len(numbers)
+                self.positions.extend(numbers)
+
+    def bits(self, stem: str) -> int:
+        found = self.dense.get(stem)
+        if found is not None:
+            return found
+        packed = self.sparse.get(stem)
+        if packed is None:
+            return 0
+        start = packed >> 24
+        return _bits_from_positions(self.positions[start : start + (packed & 0xFFFFFF)])
+
+
+class _Search:
+    """One query evaluated within a scope, remembering each node's bitsets.
+
+    ``bounds`` gives two bitsets per node, surely-matching and maybe-matching:
+    they differ only where a phrase's stems are present but their order is not
+    yet checked. ``holds`` settles one paper exactly.
+    """
+
+    def __init__(self, index: PaperIndex, scope: int) -> None:
+        self.index = index
+        self.scope = scope
+        self._bounds: dict[int, tuple[int, int]] = {}
+        self._variants: dict[int, tuple[str, ...]] = {}
+        self._digits: dict[int, tuple[str, str]] = {}
+
+    def newest(self, root: Node | None, limit: int) -> list[int]:
+        """Return the numbers of the ``limit`` newest matches, checking phrases only as needed."""
+        sure, maybe = self.bounds(root)
+        if sure == maybe:
+            return list(itertools.islice(_positions(maybe), limit))
+        found = []
+        for number in _positions(maybe):
+            if self.holds(root, number):
+                found.append(number)
+                if len(found) == limit:
+                    break
+        return found
+
+    def matches(self, root: Node | None) -> int:
+        """Return every match as a bitset."""
+        sure, maybe = self.bounds(root)
+        if sure == maybe:
+            return sure
+        unsure = _positions(maybe & ~sure)
+        if isinstance(root, Phrase) and root.field is None:
+            # A lone phrase, the common case: skip the per-node bookkeeping.
+            texts, variants = self.index._texts, self._variants[id(root)]
+            confirmed = [n for n in unsure if any(v in texts[n] for v in variants)]
+        else:
+            confirmed = [n for n in unsure if self.holds(root, n)]
+        return sure | _bits_from_positions(confirmed)
+
+    def bounds(self, node: Node | None) -> tuple[int, int]:
+        if node is None:
+            return self.scope, self.scope
+        key = id(node)
+        if key not in self._bounds:
+            self._bounds[key] = self._compute_bounds(node)
+        return self._bounds[key]
+
+    def _compute_bounds(self, node: Node) -> tuple[int, int]:
+        if isinstance(node, Term):
+            found = self.index.postings(node.stem, node.field) & self.scope
+            return found, found
+        if isinstance(node, Phrase):
+            self._variants[id(node)] = variants = self.index.phrase_variants(node.stems)
+            if not variants:
+                return 0, 0
+            return 0, self.scope & _all_of(self.index.postings(s, node.field) for s in set(node.stems))
+        if isinstance(node, Not):
+            sure, maybe = self.bounds(node.operand)
+            return self.scope & ~maybe, self.scope & ~sure
+        pairs = [self.bounds(op) for op in node.operands]
+        if isinstance(node, And):
+            return self.scope & _all_of(s for s, _ in pairs), self.scope & _all_of(m for _, m in pairs)
+        assert isinstance(node, Or)
+        return _any_of(s for s, _ in pairs), _any_of(m for _, m in pairs)
+
+    def holds(self, node: Node, number: int) -> bool:
+        """Tell exactly whether paper ``number`` matches ``node`` (bounds computed first)."""
+        key = id(node)
+        if key not in self._digits:
+            sure, maybe = self._bounds[key]
+            # Reading one bit of a 10,000-bit int costs a shift of all of it;
+            # a digit string costs one conversion, then each read is O(1).
+            self._digits[key] = _digits(sure), _digits(maybe)
+        sure_digits, maybe_digits = self._digits[key]
+        if number >= len(maybe_digits) or maybe_digits[number] == "0":
+            return False
+        if number < len(sure_digits) and sure_digits[number] == "1":
+            return True
+        if isinstance(node, Phrase):
+            return self.index.has_phrase(number, self._variants[key], node.field)
+        if isinstance(node, Not):
+            return not self.holds(node.operand, number)
+        if isinstance(node, And):
+            return all(self.holds(op, number) for op in node.operands)
+        assert isinstance(node, Or)
+        return any(self.holds(op, number) for op in node.operands)
+
+
+def _field_texts(paper: Paper) -> tuple[Sequence[str], ...]:
+    """Return the searchable texts of ``paper`` in ``_LAYOUT`` order."""
+    return (paper.title,), (paper.abstract,), paper.ai_keywords, paper.authors
+
+
+def _stem_char(number: int) -> str:
+    # Skip the surrogate block: those code points cannot stand alone in text.
+    # Past the last code point (a million stems) stems share one character,
+    # which only makes phrase checks over them lenient.
+    return chr(min(number if number < 0xD800 else number + 0x800, 0x10FFFF))
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _bits_from_positions(positions: Sequence[int]) -> int:
+    """Return the bitset with the given bits set."""
+    if not positions:
+        return 0
+    flags = bytearray(max(positions) + 1)
+    for position in positions:
+        flags[position] = 1
+    # One byte per bit, then read as a binary numeral: linear and in C.
+    return int(flags.translate(_BIT_DIGITS)[::-1], 2)
+
+
+def _digits(bits: int) -> str:
+    """Return the binary digits of ``bits``, lowest first, so digit i is bit i."""
+    return bin(bits)[:1:-1]
+
+
+def _positions(bits: int) -> Iterator[int]:
+    """Yield the set bits of ``bits``, lowest first."""
+    digits = _digits(bits)
+    position = digits.find("1")
+    while position >= 0:
+        yield position
+        position = digits.find("1", position + 1)
+
+
+def _all_of(bitsets: Iterable[int]) -> int:
+    result = -1
+    for bits in bitsets:
+        result &= bits
+    return result
+
+
+def _any_of(bitsets: Iterable[int]) -> int:
+    result = 0
+    for bits in bitsets:
+        result |= bits
+    return result

@@ -1,0 +1,166 @@
+"""The Paper model and the conversion of one Daily Papers API item into it.
+
+Upstream items are loosely typed: only ``paper.id`` and a title are certain.
+``paper_from_item`` accepts anything JSON can hold and either returns a clean,
+immutable ``Paper`` or raises ``InvalidItem`` naming what was wrong, so one bad
+item is skipped without losing the rest of a page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+HF_PAPER_URL = "https://huggingface.co/papers/{id}"
+ARXIV_ABS_URL = "https://arxiv.org/abs/{id}"
+ARXIV_PDF_URL = "https://arxiv.org/pdf/{id}"
+
+# Characters XML 1.0 forbids: C0 controls except tab, LF, CR; lone surrogates;
+# U+FFFE and U+FFFF. One of these anywhere makes a whole feed unparseable.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_WHITESPACE = re.compile(r"\s+")
+# arXiv ids are the stable key and end up in URLs: accept only their shapes
+# (new style 2405.15738, old style hep-th/9901001) so no id can inject a path.
+_PAPER_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})$", re.IGNORECASE)
+
+
+class InvalidItem(ValueError):
+    """An upstream item that cannot become a Paper (no id, no title, bad shape)."""
+
+
+def strip_xml_forbidden(text: str) -> str:
+    """Remove characters that XML 1.0 cannot carry, keeping everything else."""
+    return _XML_FORBIDDEN.sub("", text)
+
+
+def clean_text(value: object) -> str:
+    """Return ``value`` as one line of text: forbidden characters gone, whitespace folded.
+
+    Old responses wrap titles and abstracts with hard line breaks; folding them
+    makes "Multimodal\\n  Models" read and match as "Multimodal Models".
+    """
+    if not isinstance(value, str):
+        return ""
+    return _WHITESPACE.sub(" ", strip_xml_forbidden(value)).strip()
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Parse an ISO 8601 timestamp from the API into an aware UTC datetime, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _optional_url(value: object) -> str | None:
+    text = clean_text(value)
+    if text.startswith(("https://", "http://")) and " " not in text:
+        return text
+    return None
+
+
+def _optional_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return max(int(value), 0)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper as listed on Daily Papers, with clean text and UTC dates."""
+
+    id: str
+    title: str
+    published: datetime  # when it was put on Daily Papers
+    abstract: str = ""
+    authors: tuple[str, ...] = ()
+    upvotes: int = 0
+    comments: int = 0
+    ai_summary: str = ""
+    ai_keywords: tuple[str, ...] = ()
+    github_repo: str | None = None
+    project_page: str | None = None
+    thumbnail: str | None = None
+    organization: str = ""
+    arxiv_published: datetime | None = field(default=None, compare=False)
+
+    @property
+    def url(self) -> str:
+        """The paper's Hugging Face page: also its permanent entry id in every feed."""
+        return HF_PAPER_URL.format(id=self.id)
+
+    @property
+    def arxiv_url(self) -> str:
+        return ARXIV_ABS_URL.format(id=self.id)
+
+    @property
+    def pdf_url(self) -> str:
+        return ARXIV_PDF_URL.format(id=self.id)
+
+
+def paper_from_item(item: object) -> Paper:
+    """Build a Paper from one API item, or raise InvalidItem saying why."""
+    if not isinstance(item, dict):
+        raise InvalidItem(f"item is a {type(item).__name__}, not an object")
+    inner = item.get("paper")
+    if not isinstance(inner, dict):
+        raise InvalidItem("item has no 'paper' object")
+    paper_id = inner.get("id")
+    if not isinstance(paper_id, str) or not _PAPER_ID.match(paper_id.strip()):
+        raise InvalidItem(f"item has no valid paper.id: {str(paper_id)[:40]!r}")
+    paper_id = paper_id.strip()
+    title = clean_text(item.get("title")) or clean_text(inner.get("title"))
+    if not title:
+        raise InvalidItem(f"paper {paper_id} has no title")
+    arxiv_published = parse_timestamp(inner.get("publishedAt"))
+    published = (
+        parse_timestamp(item.get("publishedAt"))
+        or parse_timestamp(inner.get("submittedOnDailyAt"))
+        or arxiv_published
+    )
+    if published is None:
+        raise InvalidItem(f"paper {paper_id} has no valid publishedAt")
+
+    # Authors marked "hidden" on Hugging Face are still listed on arXiv (often
+    # the first author), so they stay: dropping them would break author: queries.
+    authors_raw = inner.get("authors")
+    authors = tuple(
+        name
+        for name in (
+            clean_text(a.get("name")) for a in (authors_raw if isinstance(authors_raw, list) else ())
+            if isinstance(a, dict)
+        )
+        if name
+    )
+    keywords_raw = inner.get("ai_keywords")
+    keywords = tuple(
+        k for k in (clean_text(k) for k in (keywords_raw if isinstance(keywords_raw, list) else ())) if k
+    )
+    org = item.get("organization") or inner.get("organization")
+    organization = clean_text(org.get("fullname") or org.get("name")) if isinstance(org, dict) else ""
+
+    return Paper(
+        id=paper_id,
+        title=title,
+        published=published,
+        abstract=clean_text(item.get("summary")) or clean_text(inner.get("summary")),
+        authors=authors,
+        upvotes=_optional_int(inner.get("upvotes")),
+        comments=_optional_int(item.get("numComments")),
+        ai_summary=clean_text(inner.get("ai_summary")),
+        ai_keywords=keywords,
+        github_repo=_optional_url(inner.get("githubRepo")),
+        project_page=_optional_url(inner.get("projectPage")),
+        thumbnail=_optional_url(item.get("thumbnail")) or _optional_url(item.get("mediaUrl")),
+        organization=organization,
+        arxiv_published=arxiv_published,
+    )

@@ -1,0 +1,596 @@
+"""Parse the feed search language (the ``q`` parameter) into an immutable Query.
+
+The language, by example::
+
+    pretraining -survey            every word must match; -word or NOT word excludes
+    diffusion OR flow              OR (upper case only) or | between terms or groups
+    video (diffusion | flow)       parentheses group
+    "language model"               words adjacent and in order
+    title:agent author:"g hinton"  restrict a word or a quoted phrase to one field
+
+Precedence, tightest first: NOT and -, then OR, then AND (writing terms side by
+side, or an upper-case AND between them). As in web search, ``video diffusion OR
+flow`` means video AND (diffusion OR flow).
+
+Words are compared by Snowball English stem after ``normalise_text``. A word with
+hyphens is one term, its joined stem: ``pre-training`` and ``pretraining`` are the
+same query, and the index lists every compound under its joined stem too, so
+both find "pre-training", "pretrained" and "Pretrainer's".
+
+Decisions the spec leaves open:
+
+- Words with no letters or digits ("-", "---", "!!") are ignored where they stand
+  among other terms, so a pasted "Seedance 1.0 - Exploring" works. Where that
+  leaves an operator, a field, a phrase, a group or the whole query with nothing
+  to search for, it is a QueryError instead, never a silent match-all.
+- A word that splits into several tokens without hyphens ("llama3.1", "e.g.")
+  is searched as a phrase of them.
+- Curly quotes (“ ”) work like straight ones. ``AND`` is accepted and changes
+  nothing. A field applies to one word or phrase, not to a parenthesised group.
+- ``-a OR b`` is an error: each side of OR must search for something, because
+  "everything except a" is almost never what the user meant. Inside an AND an
+  exclusion is fine, as is ``NOT NOT a`` (which is ``a``).
+- ``normalised`` is written in stems ("languag model -survey"): that is what is
+  compared, so spellings that match the same papers share one cache key.
+
+Error messages give a 1-based column and an excerpt; ``QueryError.position`` is
+the same place 0-based. Nothing from the user is compiled into a regex.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import itertools
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+import snowballstemmer
+
+MAX_QUERY_LENGTH = 500
+MAX_TERMS = 30
+FIELDS = ("title", "abstract", "author", "keyword")
+
+
+class QueryError(ValueError):
+    """A query the user must fix; str() says what is wrong and where."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+# --- Text normalisation, shared with the index -------------------------------
+
+# Only real HTML formatting tags are markup: abstracts also contain
+# "<think>", "<EOS>" and "n<m", which are words and maths, not tags.
+_INLINE_TAGS = "a|abbr|b|big|cite|code|del|em|font|i|ins|kbd|mark|q|s|samp|small|span|strike|strong|sub|sup|tt|u|var"
+_BLOCK_TAGS = "blockquote|br|dd|div|dl|dt|h[1-6]|hr|img|li|ol|p|pre|table|tbody|td|th|thead|tr|ul"
+_INLINE_TAG = re.compile(rf"</?(?:{_INLINE_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_BLOCK_TAG = re.compile(rf"<!--.*?-->|</?(?:{_BLOCK_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE | re.DOTALL)
+
+_PUNCTUATION_FOLD = str.maketrans(
+    {
+        "\u2010": "-",  # hyphen (NFKC turns the non-breaking hyphen into this)
+        "\u2019": "'",
+        "\u2018": "'",
+        "\u02bc": "'",
+        "\u00ad": None,  # soft hyphen: an invisible line-break hint inside a word
+        "\u200b": " ",
+        "\u200c": None,
+        "\u200d": None,
+        "\u2060": None,
+        "\ufeff": None,
+    }
+)
+# Letters with a stroke or ligatures have no combining accent to remove.
+_LETTER_FOLD = str.maketrans(
+    {"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "ŀ": "l", "æ": "ae", "œ": "oe", "þ": "th", "ð": "d"}
+)
+
+# A word is letters and digits, possibly with apostrophes inside ("pretrainer's");
+# a compound is words joined by hyphens ("pre-training", "vision-language-action").
+_WORD = r"[^\W_]+(?:'[^\W_]+)*"
+_COMPOUND = re.compile(rf"{_WORD}(?:-{_WORD})*")
+# Every run of parts of a compound this long or shorter is indexed joined, so
+# "vision-language" finds "vision-language-action"; longer ones only whole.
+_MAX_RUN_PARTS = 6
+
+
+@functools.cache
+def _combining_marks() -> dict[int, None]:
+    # Built on first use: scanning the code space costs ~50 ms, and most text is ASCII.
+    marks = {c: None for c in range(0x300, 0x20000) if unicodedata.combining(chr(c))}
+    marks.update({c: None for c in range(0xE0100, 0xE01F0)})
+    return marks
+
+
+def normalise_text(text: str) -> str:
+    """Return ``text`` as it is matched: no HTML, NFKC, no accents, case folded."""
+    text = _INLINE_TAG.sub("", text)
+    text = _BLOCK_TAG.sub(" ", text)
+    if "&" in text:
+        text = html.unescape(text)
+    if text.isascii():
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text).translate(_PUNCTUATION_FOLD)
+    text = unicodedata.normalize("NFKD", text.casefold().translate(_LETTER_FOLD))
+    return unicodedata.normalize("NFC", text.translate(_combining_marks()))
+
+
+def _clean_word(word: str) -> str:
+    # Possessive 's goes; other apostrophes join ("don't" -> "dont").
+    if word.endswith("'s"):
+        word = word[:-2]
+    return word.replace("'", "")
+
+
+_local = threading.local()
+
+
+def _stem_word(word: str) -> str:
+    # Snowball stemmer objects keep state while stemming: one per thread.
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer.stemWord(word)
+
+
+@functools.lru_cache(maxsize=4096)
+def stem(word: str) -> str:
+    """Return the Snowball English stem of a normalised word."""
+    return _stem_word(word)
+
+
+class Compound(NamedTuple):
+    """A hyphenated word in text: its joined stem and the stems of its parts."""
+
+    joined: str
+    parts: tuple[str, ...]
+
+
+class Analysis(NamedTuple):
+    """The stems of a text in order, and the joined forms of its compounds."""
+
+    stems: list[str]
+    compounds: list[Compound]
+
+
+class TextAnalyser:
+    """Analyse many texts, working out each distinct word once.
+
+    Building an index sees 2.3 million words but only 85,000 distinct ones,
+    and Snowball in pure Python takes ~20 µs a word. The memory goes with the
+    analyser, so build an index with one and drop it.
+    """
+
+    def __init__(self) -> None:
+        self._words: dict[str, tuple[tuple[str, ...], tuple[Compound, ...]]] = {}
+        self._stems: dict[str, str] = {}
+
+    def analyse(self, text: str) -> Analysis:
+        """Split ``text`` into stems, one per word or compound part, plus compound runs.
+
+        "large-scale pre-training" gives stems [large, scale, pre, train] and the
+        compounds largescal=(large, scale) and pretrain=(pre, train).
+        """
+        stems: list[str] = []
+        compounds: list[Compound] = []
+        for token in _COMPOUND.findall(normalise_text(text)):
+            known = self._words.get(token)
+            if known is None:
+                known = self._words[token] = self._analyse_word(token)
+            stems.extend(known[0])
+            if known[1]:
+                compounds.extend(known[1])
+        return Analysis(stems, compounds)
+
+    def _stem(self, word: str) -> str:
+        found = self._stems.get(word)
+        if found is None:
+            found = self._stems[word] = _stem_word(word)
+        return found
+
+    def _analyse_word(self, token: str) -> tuple[tuple[str, ...], tuple[Compound, ...]]:
+        words = [_clean_word(w) for w in token.split("-")]
+        parts = tuple(self._stem(w) for w in words)
+        if len(words) == 1:
+            return parts, ()
+        if len(words) > _MAX_RUN_PARTS:
+            return parts, (Compound(self._stem("".join(words)), parts),)
+        return parts, tuple(
+            Compound(self._stem("".join(words[start:end])), parts[start:end])
+            for start, end in itertools.combinations(range(len(words) + 1), 2)
+            if end - start > 1
+        )
+
+
+def analyse_text(text: str) -> Analysis:
+    """Analyse one text (see TextAnalyser.analyse)."""
+    return TextAnalyser().analyse(text)
+
+
+def tokenize(text: str) -> list[str]:
+    """Return the normalised words of ``text``: compound parts, then the joined compound."""
+    words: list[str] = []
+    for match in _COMPOUND.finditer(normalise_text(text)):
+        parts = [_clean_word(w) for w in match.group().split("-")]
+        words.extend(parts)
+        if len(parts) > 1:
+            words.append("".join(parts))
+    return words
+
+
+def query_stems(text: str) -> tuple[str, ...]:
+    """Return the stems a query word or phrase searches for, a compound by its joined stem."""
+    return tuple(
+        stem("".join(_clean_word(w) for w in match.group().split("-")))
+        for match in _COMPOUND.finditer(normalise_text(text))
+    )
+
+
+# --- The parsed query ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Term:
+    """One stem, in one field or (field None) in any."""
+
+    stem: str
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """Stems that must appear adjacent and in order, in one field or any."""
+
+    stems: tuple[str, ...]
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class And:
+    """Every operand matches."""
+
+    operands: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    """At least one operand matches."""
+
+    operands: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    """The operand does not match."""
+
+    operand: Node
+
+
+Node = Union[Term, Phrase, And, Or, Not]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed search: ``root`` None matches every paper."""
+
+    normalised: str
+    root: Node | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.root is None
+
+    def terms(self) -> tuple[str, ...]:
+        """Return the stems searched for (not excluded), each once, in query order."""
+        return tuple(dict.fromkeys(s for leaf in positive_leaves(self.root) for s in _leaf_stems(leaf)))
+
+    def __str__(self) -> str:
+        return self.normalised
+
+
+def _leaf_stems(leaf: Term | Phrase) -> tuple[str, ...]:
+    return (leaf.stem,) if isinstance(leaf, Term) else leaf.stems
+
+
+def positive_leaves(node: Node | None) -> list[Term | Phrase]:
+    """Return the terms and phrases a match is scored on: those not under a NOT."""
+    if node is None or isinstance(node, Not):
+        return []
+    if isinstance(node, (Term, Phrase)):
+        return [node]
+    return list(dict.fromkeys(leaf for op in node.operands for leaf in positive_leaves(op)))
+
+
+EMPTY_QUERY = Query("")
+
+
+def parse_query(text: str | None) -> Query:
+    """Parse the ``q`` parameter; None or blank gives the query matching everything."""
+    if text is None:
+        return EMPTY_QUERY
+    if not isinstance(text, str):
+        raise TypeError(f"query must be str or None, not {type(text).__name__}")
+    if len(text) > MAX_QUERY_LENGTH:
+        raise QueryError(
+            f"the query is {len(text)} characters long; the limit is {MAX_QUERY_LENGTH}",
+            MAX_QUERY_LENGTH,
+        )
+    if not text.strip():
+        return EMPTY_QUERY
+    root = _Parser(text).parse()
+    return Query(_render(root), root)
+
+
+# --- Lexer ----------------------------------------------------------------------
+
+_QUOTES = '"\u201c\u201d\u201e'
+_DELIMITERS = "()|" + _QUOTES
+_FIELD_PREFIX = re.compile(r"[A-Za-z]+:")
+_FIELD_LIST = ", ".join(f"{name}:" for name in FIELDS)
+
+
+class _Token(NamedTuple):
+    kind: str  # "(", ")", "OR", "AND", "NOT", "WORD", "PHRASE", "END"
+    pos: int
+    text: str = ""
+    field: str | None = None
+
+
+def _excerpt(text: str, pos: int) -> str:
+    start, end = max(pos - 12, 0), min(pos + 13, len(text))
+    # Control characters and lone surrogates would garble or break the response.
+    shown = "".join(c if c.isprintable() else "\ufffd" for c in text[start:end])
+    return ("…" if start else "") + shown + ("…" if end < len(text) else "")
+
+
+def _error(text: str, pos: int, problem: str, hint: str = "") -> QueryError:
+    hint = f"; {hint}" if hint else ""
+    return QueryError(f"{problem} at column {pos + 1}{hint} (near `{_excerpt(text, pos)}`)", pos)
+
+
+def _lex(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char.isspace():
+            i += 1
+        elif char in "()":
+            tokens.append(_Token(char, i))
+            i += 1
+        elif char == "|":
+            tokens.append(_Token("OR", i, "|"))
+            i += 1
+        elif char in _QUOTES:
+            i = _lex_phrase(text, i, i, None, tokens)
+        elif char == "-" and i + 1 < n and not text[i + 1].isspace() and text[i + 1] not in "-)|":
+            tokens.append(_Token("NOT", i, "-"))
+            i += 1
+        elif field := _FIELD_PREFIX.match(text, i):
+            i = _lex_field(text, i, field.end(), tokens)
+        else:
+            end = _word_end(text, i)
+            word = text[i:end]
+            kind = word if word in ("OR", "AND", "NOT") else "WORD"
+            tokens.append(_Token(kind, i, word))
+            i = end
+    tokens.append(_Token("END", n))
+    return tokens
+
+
+def _word_end(text: str, i: int) -> int:
+    while i < len(text) and not text[i].isspace() and text[i] not in _DELIMITERS:
+        i += 1
+    return i
+
+
+def _lex_phrase(text: str, start: int, quote: int, field: str | None, tokens: list[_Token]) -> int:
+    close = next((j for j in range(quote + 1, len(text)) if text[j] in _QUOTES), -1)
+    if close < 0:
+        raise _error(text, quote, "this quote is never closed", 'close it with another "')
+    tokens.append(_Token("PHRASE", start, text[quote + 1 : close], field))
+    return close + 1
+
+
+def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
+    name = text[start : value - 1].lower()
+    if name not in FIELDS:
+        raise _error(
+            text, start, f'unknown field "{text[start:value - 1]}:"', f"the fields are {_FIELD_LIST} (put text with a colon in quotes)"
+        )
+    if value == len(text) or text[value].isspace() or text[value] in ")|":
+        raise _error(text, start, f'"{name}:" needs a word or a quoted phrase right after the colon')
+    if text[value] == "(":
+        raise _error(
+            text, start, f'"{name}:" applies to one word or a quoted phrase, not a group', f"write {name}:a OR {name}:b"
+        )
+    if text[value] in _QUOTES:
+        return _lex_phrase(text, start, value, name, tokens)
+    end = _word_end(text, value)
+    tokens.append(_Token("WORD", start, text[value:end], name))
+    return end
+
+
+# --- Parser ---------------------------------------------------------------------
+
+_OPERAND_END = ("END", ")", "OR", "AND")
+
+
+class _Parser:
+    """Recursive descent: conjunction := disjunction+, disjunction := negation (OR negation)*."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _lex(text)
+        self.index = 0
+        self.term_count = 0
+        self.first_negation: int | None = None
+
+    def parse(self) -> Node:
+        root = self._conjunction()
+        token = self._peek()
+        if token.kind == ")":
+            raise self._error(token.pos, '")" has no matching "("')
+        if root is None:
+            first = len(self.text) - len(self.text.lstrip())
+            raise self._error(first, "the query has no letters or digits to search for")
+        if not _is_positive(root):
+            raise self._error(
+                self.first_negation or 0,
+                "the query only excludes papers",
+                'add something to search for, e.g. "diffusion -survey"',
+            )
+        return root
+
+    def _peek(self) -> _Token:
+        return self.tokens[self.index]
+
+    def _next(self) -> _Token:
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    def _error(self, pos: int, problem: str, hint: str = "") -> QueryError:
+        return _error(self.text, pos, problem, hint)
+
+    def _conjunction(self) -> Node | None:
+        operands: list[Node] = []
+        pending_and: _Token | None = None
+        has_left = False  # whether an AND here would have something before it
+        while True:
+            token = self._peek()
+            if token.kind in ("END", ")"):
+                if pending_and:
+                    raise self._error(pending_and.pos, '"AND" needs a term after it')
+                break
+            if token.kind == "AND":
+                if not has_left:
+                    raise self._error(token.pos, '"AND" needs a term before it')
+                pending_and, has_left = self._next(), False
+                continue
+            if token.kind == "OR":
+                raise self._error(token.pos, f'"{token.text}" needs a term before it')
+            node = self._disjunction()
+            if node is None and pending_and:
+                raise self._error(pending_and.pos, '"AND" needs a term with letters or digits after it')
+            pending_and, has_left = None, node is not None
+            if node is not None:
+                operands.append(node)
+        return _all_of(operands) if operands else None
+
+    def _disjunction(self) -> Node | None:
+        starts = [self._peek().pos]
+        operands = [self._negation()]
+        while self._peek().kind == "OR":
+            op = self._next()
+            if operands[-1] is None:
+                raise self._error(op.pos, f'"{op.text}" needs a term with letters or digits before it')
+            if self._peek().kind in _OPERAND_END:
+                raise self._error(op.pos, f'"{op.text}" needs a term after it')
+            starts.append(self._peek().pos)
+            operand = self._negation()
+            if operand is None:
+                raise self._error(op.pos, f'"{op.text}" needs a term with letters or digits after it')
+            operands.append(operand)
+        if len(operands) == 1:
+            return operands[0]
+        for start, operand in zip(starts, operands):
+            if not _is_positive(operand):
+                raise self._error(
+                    start, "each side of OR must search for something, not only exclude", "write a -b OR c as (a -b) OR c"
+                )
+        return _any_of(operands)
+
+    def _negation(self) -> Node | None:
+        token = self._peek()
+        if token.kind != "NOT":
+            return self._primary()
+        self._next()
+        if self.first_negation is None:
+            self.first_negation = token.pos
+        if self._peek().kind in _OPERAND_END:
+            raise self._error(token.pos, f'"{token.text}" needs a term after it')
+        operand = self._negation()
+        if operand is None:
+            raise self._error(token.pos, f'"{token.text}" needs a term with letters or digits after it')
+        return operand.operand if isinstance(operand, Not) else Not(operand)
+
+    def _primary(self) -> Node | None:
+        token = self._next()
+        if token.kind == "(":
+            if self._peek().kind == ")":
+                raise self._error(token.pos, "empty parentheses")
+            inner = self._conjunction()
+            if self._peek().kind != ")":
+                raise self._error(token.pos, "this parenthesis is never closed", 'close it with ")"')
+            self._next()
+            if inner is None:
+                raise self._error(token.pos, "nothing with letters or digits inside these parentheses")
+            return inner
+        if token.kind == "PHRASE":
+            if not token.text.strip():
+                raise self._error(token.pos, "empty phrase", "put words between the quotes")
+            stems = query_stems(token.text)
+            if not stems:
+                raise self._error(token.pos, "this phrase has no letters or digits")
+            return self._leaf(token, stems)
+        assert token.kind == "WORD", token  # the callers stop at every other kind
+        stems = query_stems(token.text)
+        if not stems:
+            if token.field:
+                raise self._error(token.pos, f'"{token.field}:" needs a word with letters or digits')
+            return None
+        return self._leaf(token, stems)
+
+    def _leaf(self, token: _Token, stems: tuple[str, ...]) -> Term | Phrase:
+        self.term_count += len(stems)
+        if self.term_count > MAX_TERMS:
+            raise self._error(token.pos, f"the query has more than {MAX_TERMS} terms", "remove some words")
+        if len(stems) == 1:
+            return Term(stems[0], token.field)
+        return Phrase(stems, token.field)
+
+
+def _is_positive(node: Node) -> bool:
+    """Tell whether ``node`` searches for something rather than only excluding."""
+    if isinstance(node, Not):
+        return False
+    if isinstance(node, And):
+        return any(_is_positive(op) for op in node.operands)
+    if isinstance(node, Or):
+        return all(_is_positive(op) for op in node.operands)
+    return True
+
+
+def _all_of(operands: list[Node]) -> Node:
+    flat = [child for op in operands for child in (op.operands if isinstance(op, And) else (op,))]
+    unique = tuple(dict.fromkeys(flat))
+    return unique[0] if len(unique) == 1 else And(unique)
+
+
+def _any_of(operands: list[Node]) -> Node:
+    flat = [child for op in operands for child in (op.operands if isinstance(op, Or) else (op,))]
+    unique = tuple(dict.fromkeys(flat))
+    return unique[0] if len(unique) == 1 else Or(unique)
+
+
+def _render(node: Node, parent: type | None = None) -> str:
+    """Write ``node`` in canonical query syntax, grouping made explicit."""
+    if isinstance(node, Term):
+        return f"{node.field}:{node.stem}" if node.field else node.stem
+    if isinstance(node, Phrase):
+        quoted = '"' + " ".join(node.stems) + '"'
+        return f"{node.field}:{quoted}" if node.field else quoted
+    if isinstance(node, Not):
+        return "-" + _render(node.operand, Not)
+    if isinstance(node, And):
+        text = " ".join(_render(op, And) for op in node.operands)
+    else:
+        text = " OR ".join(_render(op, Or) for op in node.operands)
+    return f"({text})" if parent is not None else text

@@ -1,0 +1,189 @@
+"""Rendering a list of papers as a feed document: Atom 1.0, RSS 2.0 (feedgen) or JSON Feed 1.1.
+
+Pure functions: the same FeedInfo and papers give the same bytes, in every
+process and at any time, because every date comes from the data and nothing
+reads the clock. Upstream text is always escaped, never injected as markup,
+and stripped of characters XML 1.0 forbids once more here, so no Paper built
+by hand can break a feed either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from typing import Callable, Sequence
+
+from feedgen.feed import FeedGenerator
+
+from . import __version__
+from .papers import Paper, strip_xml_forbidden
+
+HF_PAPERS_PAGE = "https://huggingface.co/papers"
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+
+
+@dataclass(frozen=True)
+class FeedInfo:
+    """What a feed says about itself, independent of the format."""
+
+    id: str
+    title: str
+    self_url: str
+    updated: datetime
+    subtitle: str = "Hugging Face Daily Papers, filtered by feedproxy"
+    alternate_url: str = HF_PAPERS_PAGE
+
+
+def _text(value: str) -> str:
+    return strip_xml_forbidden(value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def entry_html(paper: Paper) -> str:
+    """The rich body of an entry, as escaped HTML: enough to decide whether to read the paper.
+
+    feedgen 1.0.0 drops rel/type of extra entry links (its issue #135), so the
+    entry keeps one alternate link and every other link lives here.
+    """
+    e = lambda s: escape(_text(s), quote=True)  # noqa: E731
+    parts = []
+    if paper.thumbnail:
+        parts.append(f'<p><img src="{e(paper.thumbnail)}" alt="" loading="lazy"></p>')
+    if paper.ai_summary:
+        parts.append(f"<p><strong>TL;DR:</strong> {e(paper.ai_summary)}</p>")
+    if paper.abstract:
+        parts.append(f"<p>{e(paper.abstract)}</p>")
+    if paper.authors:
+        parts.append(f"<p><strong>Authors:</strong> {e(', '.join(paper.authors))}</p>")
+    stats = [_plural(paper.upvotes, "upvote"), _plural(paper.comments, "comment")]
+    if paper.organization:
+        stats.append(e(paper.organization))
+    parts.append(f"<p>{' · '.join(stats)}</p>")
+    links = [
+        (paper.url, "Hugging Face"),
+        (paper.arxiv_url, "arXiv"),
+        (paper.pdf_url, "PDF"),
+    ]
+    if paper.github_repo:
+        links.append((paper.github_repo, "GitHub"))
+    if paper.project_page:
+        links.append((paper.project_page, "Project page"))
+    parts.append("<p>" + " · ".join(f'<a href="{e(href)}">{label}</a>' for href, label in links) + "</p>")
+    if paper.ai_keywords:
+        parts.append(f"<p><strong>Keywords:</strong> {e(', '.join(paper.ai_keywords))}</p>")
+    return "\n".join(parts)
+
+
+def _feed_generator(info: FeedInfo) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.id(_text(info.id))
+    fg.title(_text(info.title))
+    fg.subtitle(_text(info.subtitle))  # also the RSS description
+    fg.link(href=info.alternate_url, rel="alternate", type="text/html")
+    fg.updated(info.updated)  # also RSS lastBuildDate, which feedgen would otherwise set to now
+    fg.language("en")
+    # RFC 4287 wants an author on the feed unless every entry has one; papers can have none.
+    fg.author({"name": "Hugging Face Daily Papers", "uri": HF_PAPERS_PAGE})
+    fg.generator("feedproxy", version=__version__)
+    return fg
+
+
+def _add_entries(fg: FeedGenerator, papers: Sequence[Paper], dc_creators: bool = False) -> None:
+    for paper in papers:
+        entry = fg.add_entry(order="append")  # the default prepends and would reverse the order
+        entry.id(paper.url)
+        entry.guid(paper.url, permalink=True)  # the Hugging Face page is a real permalink
+        entry.title(_text(paper.title))
+        entry.link(href=paper.url, rel="alternate", type="text/html")
+        for name in paper.authors:
+            entry.author({"name": _text(name)})
+            if dc_creators:
+                entry.dc.dc_creator(_text(name))
+        if paper.abstract:
+            entry.summary(_text(paper.abstract), type="text")
+        entry.content(entry_html(paper), type="html")
+        for keyword in paper.ai_keywords:
+            entry.category({"term": _text(keyword)})
+        entry.published(paper.published)
+        entry.updated(paper.published)
+
+
+def render_atom(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+    """Return an Atom 1.0 document listing ``papers`` in the order given."""
+    fg = _feed_generator(info)
+    fg.link(href=info.self_url, rel="self", type="application/atom+xml")
+    _add_entries(fg, papers)
+    return fg.atom_str(pretty=False)
+
+
+def render_rss(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+    """Return an RSS 2.0 document listing ``papers`` in the order given."""
+    fg = _feed_generator(info)
+    # RSS has no author element without an email address; dc:creator carries the names.
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.link(href=info.self_url, rel="self", type="application/rss+xml")  # atom:link, as validators ask
+    _add_entries(fg, papers, dc_creators=True)
+    return fg.rss_str(pretty=False)
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+    """Return a JSON Feed 1.1 document listing ``papers`` in the order given."""
+    items = []
+    for paper in papers:
+        item = {
+            "id": paper.url,
+            "url": paper.url,
+            "external_url": paper.arxiv_url,
+            "title": _text(paper.title),
+            "content_html": entry_html(paper),
+            "date_published": _rfc3339(paper.published),
+            "date_modified": _rfc3339(paper.published),
+        }
+        if paper.abstract:
+            item["summary"] = _text(paper.abstract)
+        if paper.thumbnail:
+            item["image"] = paper.thumbnail
+        if paper.authors:
+            item["authors"] = [{"name": _text(name)} for name in paper.authors]
+        if paper.ai_keywords:
+            item["tags"] = [_text(k) for k in paper.ai_keywords]
+        items.append(item)
+    document = {
+        "version": JSON_FEED_VERSION,
+        "title": _text(info.title),
+        "home_page_url": info.alternate_url,
+        "feed_url": info.self_url,
+        "description": _text(info.subtitle),
+        "language": "en",
+        "authors": [{"name": "Hugging Face Daily Papers", "url": HF_PAPERS_PAGE}],
+        "items": items,
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One output format: its name in ?format=, its media type, its renderer."""
+
+    name: str
+    media_type: str
+    render: Callable[[FeedInfo, Sequence[Paper]], bytes]
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        Format("atom", "application/atom+xml; charset=utf-8", render_atom),
+        Format("rss", "application/rss+xml; charset=utf-8", render_rss),
+        Format("json", "application/feed+json", render_json),
+    )
+}

@@ -1,0 +1,245 @@
+"""The snapshot store: a rolling window of the listing, refreshed in the background.
+
+A ``Snapshot`` is immutable: the papers of the window, newest first, their
+search index and a content hash. The ``SnapshotStore`` swaps in a new one
+after each refresh. Refreshes are single-flight (one at a time per process),
+merge into what is held so a half-published upstream day never shrinks a
+feed, and back off exponentially after failures so an outage is not hammered.
+Readers always get the current snapshot at once while a refresh runs
+(stale-while-revalidate); only a cold start waits, and only briefly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+from cachetools import TTLCache
+
+from .errors import NoData, UpstreamError
+from .index import PaperIndex
+from .papers import Paper
+from .upstream import ListingSource
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+FIRST_RETRY_SECONDS = 5
+COLD_START_WAIT_SECONDS = 10
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def newest_first(papers: Iterable[Paper]) -> list[Paper]:
+    """Sort papers newest first by Daily Papers date, ties by id, deterministically."""
+    return sorted(papers, key=lambda p: (p.published, p.id), reverse=True)
+
+
+def window_start(newest: datetime, now: datetime, window: timedelta) -> datetime:
+    """Return the oldest publication time the window keeps.
+
+    The window is counted back from the newest paper (or from now, if the data
+    claims a future date), so a listing that paused for a holiday, or an
+    offline demo file, still fills the window instead of emptying the feed.
+    """
+    return min(newest, now) - window
+
+
+def merge_window(held: Iterable[Paper], fetched: Iterable[Paper], window: timedelta, now: datetime) -> list[Paper]:
+    """Merge fetched papers into held ones (fetched wins by id), keep the window, newest first."""
+    by_id = {p.id: p for p in held}
+    by_id.update((p.id, p) for p in fetched)
+    if not by_id:
+        return []
+    start = window_start(max(p.published for p in by_id.values()), now, window)
+    return newest_first(p for p in by_id.values() if p.published >= start)
+
+
+def content_version(papers: Iterable[Paper]) -> str:
+    """Hash the papers' content: equal data gives an equal version in every process."""
+    digest = hashlib.sha256()
+    for paper in papers:
+        digest.update(repr(paper).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The papers in the window at one moment, with their search index."""
+
+    papers: tuple[Paper, ...]
+    fetched_at: datetime
+    version: str
+    index: PaperIndex = field(repr=False, compare=False)
+
+    @classmethod
+    def build(cls, papers: Iterable[Paper], fetched_at: datetime) -> "Snapshot":
+        ordered = tuple(newest_first(papers))
+        return cls(ordered, fetched_at, content_version(ordered), PaperIndex(ordered))
+
+    @property
+    def newest(self) -> datetime | None:
+        return self.papers[0].published if self.papers else None
+
+
+class SnapshotStore:
+    """Holds the current Snapshot and refreshes it from a ListingSource when due."""
+
+    def __init__(
+        self,
+        source: ListingSource,
+        *,
+        window_days: int = 30,
+        refresh_seconds: int = 900,
+        clock: Clock = utcnow,
+        background: bool = True,
+    ):
+        self.source = source
+        self.window = timedelta(days=window_days)
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self.background = background
+        self._snapshot: Snapshot | None = None
+        self._refresh_lock = threading.Lock()
+        # Present while the snapshot is fresh; its TTL is the refresh interval.
+        # Only touched under _refresh_lock or by single reads (cachetools is not thread-safe).
+        self._fresh: TTLCache = TTLCache(maxsize=1, ttl=refresh_seconds, timer=lambda: self.clock().timestamp())
+        self._failures = 0
+        self._next_attempt: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.last_success_at: datetime | None = None
+        self.fetch_count = 0  # pages requested from the source, for tests and health
+
+    # -- reading -------------------------------------------------------------------
+
+    def peek(self) -> Snapshot | None:
+        """Return the current snapshot without triggering anything."""
+        return self._snapshot
+
+    def current(self) -> Snapshot:
+        """Return the snapshot to serve now, starting a refresh when one is due.
+
+        Raises NoData (with a reason and a Retry-After) while nothing was ever fetched.
+        """
+        snapshot = self._snapshot
+        if snapshot is None:
+            return self._wait_for_first()
+        if self._due():
+            if self.background:
+                threading.Thread(target=self.refresh_if_due, name="feedproxy-refresh", daemon=True).start()
+            else:
+                self.refresh_if_due()
+                return self._snapshot or snapshot
+        return snapshot
+
+    def _wait_for_first(self) -> Snapshot:
+        # Every cold request queues on the same lock, so 50 of them cause one fetch.
+        if self._refresh_lock.acquire(timeout=COLD_START_WAIT_SECONDS):
+            try:
+                if self._snapshot is None and self._due():
+                    self._refresh()
+            finally:
+                self._refresh_lock.release()
+        if self._snapshot is not None:
+            return self._snapshot
+        raise NoData(self.last_error or "the first fetch from the upstream is still running", self.retry_after())
+
+    def retry_after(self) -> int:
+        """Seconds until the next refresh attempt, for Retry-After headers (at least 1)."""
+        if self._next_attempt is None:
+            return FIRST_RETRY_SECONDS
+        return max(1, int((self._next_attempt - self.clock()).total_seconds() + 0.999))
+
+    def seconds_until_refresh(self) -> int:
+        """Seconds until the next refresh is due (0 when due now)."""
+        if self._next_attempt is not None:
+            return self.retry_after()
+        if self.last_success_at is None:
+            return 0
+        left = self.last_success_at + timedelta(seconds=self.refresh_seconds) - self.clock()
+        return max(0, int(left.total_seconds()))
+
+    def _due(self) -> bool:
+        if self._next_attempt is not None and self.clock() < self._next_attempt:
+            return False
+        return "listing" not in self._fresh
+
+    # -- refreshing ----------------------------------------------------------------
+
+    def refresh_if_due(self) -> bool:
+        """Refresh unless one is running or the snapshot is fresh; return whether it ran."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._due():
+                return False
+            self._refresh()
+            return True
+        finally:
+            self._refresh_lock.release()
+
+    def _refresh(self) -> None:
+        held = self._snapshot.papers if self._snapshot else ()
+        fetched: list[Paper] = []
+        pages = skipped = 0
+        error: UpstreamError | None = None
+        now = self.clock()
+        newest = self._snapshot.newest if self._snapshot else None
+        try:
+            for page in self.source.pages():
+                pages += 1
+                self.fetch_count += 1
+                skipped += page.skipped
+                fetched.extend(page.papers)
+                if not page.papers:
+                    break
+                newest = max([page.papers[0].published] + ([newest] if newest else []))
+                oldest = min(p.published for p in page.papers)
+                if oldest < window_start(newest, now, self.window):
+                    break  # this page reaches past the window: everything older is outside it
+        except UpstreamError as exc:
+            error = exc
+
+        if fetched:
+            merged = merge_window(held, fetched, self.window, now)
+            if self._snapshot is None or content_version(merged) != self._snapshot.version:
+                self._snapshot = Snapshot.build(merged, now)
+            else:
+                self._snapshot = Snapshot(self._snapshot.papers, now, self._snapshot.version, self._snapshot.index)
+        if error is None:
+            self._record_success(now, pages, len(fetched), skipped)
+        else:
+            self._record_failure(now, error, pages)
+
+    def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int) -> None:
+        self._failures = 0
+        self._next_attempt = None
+        self.last_success_at = now
+        self._fresh["listing"] = True
+        held = len(self._snapshot.papers) if self._snapshot else 0
+        log.info(
+            "refresh ok source=%s pages=%d fetched=%d skipped=%d window_papers=%d version=%s",
+            self.source.description, pages, fetched, skipped, held,
+            self._snapshot.version if self._snapshot else "-",
+        )
+
+    def _record_failure(self, now: datetime, error: UpstreamError, pages: int) -> None:
+        self._failures += 1
+        delay = min(FIRST_RETRY_SECONDS * 2 ** (self._failures - 1), self.refresh_seconds)
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, 6 * 3600))
+        self._next_attempt = now + timedelta(seconds=delay)
+        self.last_error = str(error)
+        self.last_error_at = now
+        log.warning(
+            "refresh failed source=%s pages_ok=%d failures=%d retry_in=%ds error=%s",
+            self.source.description, pages, self._failures, delay, error,
+        )

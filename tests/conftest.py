@@ -1,0 +1,77 @@
+"""Shared fixtures: real Daily Papers items, a loopback fake upstream, a fake clock, the app."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from feedproxy import create_app
+from feedproxy.config import Config
+
+from .fakeupstream import FakeUpstream
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DAILY = FIXTURES / "daily_papers"
+
+
+def load_items(name: str) -> list[dict]:
+    """One real API response, e.g. load_items('2026-08-21')."""
+    return json.loads((DAILY / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def all_items() -> list[dict]:
+    """Every real item we ship, newest first, as the API lists them without date=."""
+    items = [i for f in sorted(DAILY.glob("*.json")) for i in json.loads(f.read_text(encoding="utf-8"))]
+    return sorted(items, key=lambda i: i["publishedAt"], reverse=True)
+
+
+class FakeClock:
+    """A clock tests move by hand: store.clock() returns .now."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def items() -> list[dict]:
+    return all_items()
+
+
+@pytest.fixture
+def upstream(items):
+    fake = FakeUpstream(items).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Just after the newest real sample (2026-08-21).
+    return FakeClock(datetime(2026, 8, 21, 12, 0, tzinfo=timezone.utc))
+
+
+def make_config(upstream_url: str, **overrides) -> Config:
+    """A test Config: the whole 27-month sample range in the window, no background threads."""
+    settings = dict(upstream_url=upstream_url, window_days=1000, background_refresh=False,
+                    connect_timeout=1.0, read_timeout=2.0)
+    settings.update(overrides)
+    return Config(**settings)
+
+
+@pytest.fixture
+def app(upstream, clock):
+    return create_app(make_config(upstream.url), clock=clock)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,122 @@
+"""A loopback fake of the Daily Papers API that serves real responses and injects faults.
+
+It pages a list of real items (newest first) with ``p`` and ``limit`` like the
+real API, records every request, and can be told to answer the next requests
+with a status, a delay, a different body or a cut-off body.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+PATH = "/api/daily_papers"
+
+
+@dataclass
+class Fault:
+    """How to answer one request instead of the real page."""
+
+    status: int = 200
+    body: bytes | None = None  # replaces the page's JSON when set
+    delay: float = 0.0  # seconds to wait before answering
+    headers: dict = field(default_factory=dict)
+    truncate: bool = False  # send a Content-Length larger than the body, then close
+
+
+class FakeUpstream:
+    """Serve ``items`` as the Daily Papers listing on 127.0.0.1, on a free port."""
+
+    def __init__(self, items: list[dict]):
+        self.items = list(items)
+        self.requests: list[dict] = []  # {"params": {...}, "headers": {...}}
+        self.faults: list[Fault] = []  # consumed one per request, in order
+        self.always: Fault | None = None  # applied to every request while set
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{PATH}"
+
+    def page_requests(self) -> list[int]:
+        return [int(r["params"].get("p", "0")) for r in self.requests]
+
+    def start(self) -> "FakeUpstream":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            if self.faults:
+                return self.faults.pop(0)
+            return self.always
+
+    def _page(self, params: dict) -> tuple[int, bytes]:
+        try:
+            page = int(params.get("p", "0"))
+            limit = int(params.get("limit", "50"))
+        except ValueError:
+            return 400, b'{"error":"bad p or limit"}'
+        if limit > 100 or limit < 1 or page < 0:
+            return 400, b'{"error":"\\"limit\\" must be less than or equal to 100"}'
+        return 200, json.dumps(self.items[page * limit : (page + 1) * limit]).encode()
+
+    def _handler(self):
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                with upstream._lock:
+                    upstream.requests.append({"params": params, "headers": dict(self.headers)})
+                if parts.path != PATH:
+                    self._send(404, b'{"error":"not found"}', {})
+                    return
+                fault = upstream._next_fault()
+                status, body = upstream._page(params)
+                headers = {}
+                if fault is not None:
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    status = fault.status
+                    body = fault.body if fault.body is not None else body
+                    headers = fault.headers
+                    if fault.truncate:
+                        self.send_response(status)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body) * 2))
+                        self.end_headers()
+                        self.wfile.write(body[: len(body) // 2])
+                        self.close_connection = True
+                        return
+                self._send(status, body, headers)
+
+            def _send(self, status, body, headers):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler

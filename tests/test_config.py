@@ -1,0 +1,52 @@
+"""Configuration: defaults work, every bad value stops start with a message naming it."""
+
+import pytest
+
+from feedproxy.config import DEFAULT_UPSTREAM_URL, SETTINGS, Config
+from feedproxy.errors import ConfigError
+
+
+def test_defaults_need_no_environment():
+    config = Config.from_env({})
+    assert config.upstream_url == DEFAULT_UPSTREAM_URL
+    assert (config.window_days, config.refresh_seconds) == (30, 900)
+
+
+def test_values_are_read(tmp_path):
+    listing = tmp_path / "listing.json"
+    listing.write_text("[]")
+    config = Config.from_env({
+        "FEEDPROXY_UPSTREAM_URL": str(listing), "FEEDPROXY_WINDOW_DAYS": "7",
+        "FEEDPROXY_REFRESH_SECONDS": "600", "FEEDPROXY_TIMEOUT": "2.5", "FEEDPROXY_MAX_PAGES": "3",
+    })
+    assert (config.upstream_url, config.window_days, config.refresh_seconds) == (str(listing), 7, 600)
+    assert (config.read_timeout, config.max_pages) == (2.5, 3)
+    assert Config.from_env({"FEEDPROXY_UPSTREAM_URL": listing.as_uri()}).upstream_url == listing.as_uri()
+
+
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("FEEDPROXY_WINDOW_DAYS", "abc", "whole number from 1 to 3650"),
+        ("FEEDPROXY_WINDOW_DAYS", "0", "from 1 to 3650"),
+        ("FEEDPROXY_REFRESH_SECONDS", "5", "from 60 to 86400"),
+        ("FEEDPROXY_TIMEOUT", "-1", "from 0.1 to 300"),
+        ("FEEDPROXY_TIMEOUT", "soon", "number of seconds"),
+        ("FEEDPROXY_UPSTREAM_URL", "ftp://example.org/x", "scheme 'ftp'"),
+        ("FEEDPROXY_UPSTREAM_URL", "https:///nohost", "no host"),
+        ("FEEDPROXY_UPSTREAM_URL", "/does/not/exist.json", "does not exist"),
+        ("FEEDPROXY_WINDOWDAYS", "3", "unknown setting FEEDPROXY_WINDOWDAYS"),
+    ],
+)
+def test_bad_values_name_the_setting(name, value, words):
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({name: value})
+    assert name in str(err.value) and words in str(err.value)
+
+
+def test_every_documented_setting_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for name in SETTINGS + ("PORT", "WEB_CONCURRENCY"):
+        assert f"`{name}`" in readme, name

@@ -1,0 +1,132 @@
+"""Atom, RSS 2.0 and JSON Feed output: read back with real parsers, checked against their rules."""
+
+import email.utils
+import json
+import re
+from pathlib import Path
+
+import feedparser
+import feedparser_rs
+import jsonschema
+import pytest
+from lxml import etree
+
+from feedproxy import create_app
+
+from .atomcheck import ATOM, check_atom
+from .conftest import make_config
+
+SCHEMA = json.loads((Path(__file__).parent / "jsonfeed-1.1.schema.json").read_text())
+RFC822 = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+                    r"\d{2}:\d{2}:\d{2} [+-]\d{4}$")
+ENVHARNESS = "https://huggingface.co/papers/2608.19880"
+
+
+def test_atom_is_the_default_and_valid(client):
+    response = client.get("/feed?q=agent")
+    assert response.content_type == "application/atom+xml; charset=utf-8"
+    check_atom(response.data, self_url="http://localhost/feed?q=agent")
+    assert client.get("/feed?q=agent&format=atom").data.count(b"<entry>") == response.data.count(b"<entry>")
+
+
+def test_rss_is_valid_rss_2(client):
+    response = client.get("/feed?q=agent&format=rss")
+    assert response.content_type == "application/rss+xml; charset=utf-8"
+    root = etree.fromstring(response.data)
+    assert root.tag == "rss" and root.get("version") == "2.0"
+    channel = root.find("channel")
+    for name in ("title", "link", "description"):
+        assert channel.findtext(name)
+    assert RFC822.match(channel.findtext("lastBuildDate"))
+    self_link = channel.find(f"{ATOM}link[@rel='self']")
+    assert self_link.get("href") == "http://localhost/feed?q=agent&format=rss"
+    items = channel.findall("item")
+    assert items
+    for item in items:
+        guid = item.find("guid")
+        assert guid.get("isPermaLink") == "true" and guid.text.startswith("https://huggingface.co/papers/")
+        assert item.findtext("link") == guid.text
+        assert RFC822.match(item.findtext("pubDate"))
+        assert email.utils.parsedate_to_datetime(item.findtext("pubDate")).tzinfo is not None
+    parsed = feedparser.parse(response.data)
+    assert not parsed.bozo and parsed.version == "rss20" and len(parsed.entries) == len(items)
+    entry = next(e for e in parsed.entries if e.id == ENVHARNESS)
+    assert [a.name for a in entry.authors][:2] == ["Chengsong Huang", "Zifeng Wang"]
+
+
+def test_json_feed_is_valid_json_feed_1_1(client):
+    response = client.get("/feed?q=agent&format=json")
+    assert response.content_type == "application/feed+json"
+    document = json.loads(response.data)
+    jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(document)
+    assert document["feed_url"] == "http://localhost/feed?q=agent&format=json"
+    parsed = feedparser_rs.parse(response.data)
+    assert not parsed.bozo and parsed.version == "json11"
+    assert [e.id for e in parsed.entries] == [i["id"] for i in document["items"]]
+    item = next(i for i in document["items"] if i["id"] == ENVHARNESS)
+    assert item["date_published"] == "2026-08-19T20:00:00Z"
+    assert "reinforcement learning" in item["tags"]
+
+
+def test_same_entry_ids_in_every_format(client):
+    atom = [e.id for e in feedparser.parse(client.get("/feed?q=agent").data).entries]
+    rss = [e.id for e in feedparser.parse(client.get("/feed?q=agent&format=rss").data).entries]
+    jsn = [i["id"] for i in json.loads(client.get("/feed?q=agent&format=json").data)["items"]]
+    assert atom == rss == jsn and atom
+
+
+@pytest.mark.parametrize("fmt", ["atom", "rss", "json"])
+def test_rich_entry_content(client, fmt):
+    response = client.get(f"/feed?q=EnvHarness&format={fmt}")
+    if fmt == "json":
+        html = next(i for i in json.loads(response.data)["items"] if i["id"] == ENVHARNESS)["content_html"]
+    else:
+        entry = next(e for e in feedparser.parse(response.data).entries if e.id == ENVHARNESS)
+        html = entry.content[0].value
+        assert [t.term for t in entry.tags][:2] == ["LLM agents", "Environment Harness"]
+    for expected in (
+        "<strong>TL;DR:</strong> EnvHarness and EnvRigger dynamically reshape",
+        "LLM agents learn by interacting with environments",
+        "Chengsong Huang, Zifeng Wang",
+        "163 upvotes · 1 comment · Google",
+        '<a href="https://huggingface.co/papers/2608.19880">Hugging Face</a>',
+        '<a href="https://arxiv.org/abs/2608.19880">arXiv</a>',
+        '<a href="https://arxiv.org/pdf/2608.19880">PDF</a>',
+        '<a href="https://github.com/google-research/envharness">GitHub</a>',
+        '<a href="https://envharness.com/">Project page</a>',
+    ):
+        assert expected in html, expected
+    # feedparser sanitises and reorders attributes; the thumbnail must survive as an image.
+    assert re.search(r'<img [^>]*src="https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2608.19880.png"', html)
+
+
+def test_upstream_markup_is_escaped_in_content(upstream, clock):
+    hostile = {"paper": {"id": "2608.00002", "title": "<img src=x onerror=alert(1)>",
+                         "summary": "a <script>alert(1)</script> & b", "ai_summary": "<b>bold</b>",
+                         "githubRepo": "https://github.com/x\"onmouseover=\"alert(1)"},
+               "publishedAt": "2026-08-21T00:00:00Z"}
+    upstream.items = [hostile]
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    for fmt in ("atom", "rss"):
+        entry = feedparser.parse(client.get(f"/feed?format={fmt}").data).entries[0]
+        html = entry.content[0].value
+        assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; b" in html
+        assert "<b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    item = json.loads(client.get("/feed?format=json").data)["items"][0]
+    assert "&lt;script&gt;" in item["content_html"] and "<script>" not in item["content_html"]
+    assert 'href="https://github.com/x&quot;onmouseover=&quot;alert(1)"' in item["content_html"]
+
+
+def test_bad_format_is_400(client):
+    response = client.get("/feed?format=xml")
+    assert response.status_code == 400 and "'format' must be one of atom, rss, json" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fmt", ["atom", "rss", "json"])
+def test_same_data_gives_identical_bytes_across_instances(upstream, clock, fmt):
+    a = create_app(make_config(upstream.url), clock=clock).test_client()
+    clock.advance(3600 * 24 * 40)  # a later restart: nothing in the output may depend on the clock
+    b = create_app(make_config(upstream.url), clock=clock).test_client()
+    first, second = a.get(f"/feed?q=model&format={fmt}"), b.get(f"/feed?q=model&format={fmt}")
+    assert first.data == second.data and first.headers["ETag"] == second.headers["ETag"]
+    assert first.headers["Last-Modified"] == second.headers["Last-Modified"]

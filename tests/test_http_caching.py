@@ -1,0 +1,94 @@
+"""HTTP caching: ETag and Last-Modified, 304s, Cache-Control, gzip, HEAD, the rendered-feed cache."""
+
+import gzip
+
+import pytest
+
+from feedproxy.feedcache import FeedCache, RenderedFeed
+from feedproxy.snapshot import utcnow
+
+
+def test_validators_and_cache_control(client):
+    response = client.get("/feed?q=model")
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"') and not etag.startswith("W/")
+    assert response.headers["Last-Modified"].endswith(" GMT")
+    assert response.headers["Cache-Control"] == "public, max-age=900"
+    assert response.headers["Vary"] == "Accept-Encoding"
+
+
+def test_if_none_match_gets_304_without_body(client):
+    etag = client.get("/feed?q=model").headers["ETag"]
+    response = client.get("/feed?q=model", headers={"If-None-Match": etag})
+    assert response.status_code == 304 and response.data == b""
+    assert response.headers["ETag"] == etag and "Cache-Control" in response.headers
+    assert client.get("/feed?q=model", headers={"If-None-Match": '"other"'}).status_code == 200
+    assert client.get("/feed?q=model", headers={"If-None-Match": f'"x", W/{etag}'}).status_code == 304
+
+
+def test_if_modified_since_gets_304(client):
+    last_modified = client.get("/feed?q=model").headers["Last-Modified"]
+    assert client.get("/feed?q=model", headers={"If-Modified-Since": last_modified}).status_code == 304
+    older = "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert client.get("/feed?q=model", headers={"If-Modified-Since": older}).status_code == 200
+    # If-None-Match wins: a stale ETag is answered in full even with a current date.
+    both = {"If-Modified-Since": last_modified, "If-None-Match": '"stale"'}
+    assert client.get("/feed?q=model", headers=both).status_code == 200
+
+
+def test_gzip_when_accepted(client):
+    plain = client.get("/feed?q=model")
+    zipped = client.get("/feed?q=model", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped.data) == plain.data
+    assert len(zipped.data) < len(plain.data) / 2
+    assert zipped.headers["ETag"] != plain.headers["ETag"]  # a different representation
+    again = client.get("/feed?q=model", headers={"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["ETag"]})
+    assert again.status_code == 304
+    refused = client.get("/feed?q=model", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+
+
+@pytest.mark.parametrize("fmt, media", [("atom", "application/atom+xml; charset=utf-8"),
+                                        ("rss", "application/rss+xml; charset=utf-8"),
+                                        ("json", "application/feed+json")])
+def test_head_answers_headers_alone(client, fmt, media):
+    get = client.get(f"/feed?format={fmt}")
+    head = client.head(f"/feed?format={fmt}")
+    assert head.status_code == 200 and head.data == b""
+    assert head.headers["Content-Type"] == media
+    assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(get.data))
+    assert head.headers["ETag"] == get.headers["ETag"]
+
+
+def test_repeated_request_does_no_filtering_or_rendering(app, client, monkeypatch):
+    client.get("/feed?q=model")
+    snapshot = app.extensions["feedproxy.store"].peek()
+    calls = []
+    monkeypatch.setattr(type(snapshot.index), "search", lambda *a, **k: calls.append(a) or [])
+    cache = app.extensions["feedproxy.feed_cache"]
+    hits = cache.hits
+    for _ in range(3):
+        assert client.get("/feed?q=model").status_code == 200
+    assert calls == [] and cache.hits == hits + 3
+    client.get("/feed?q=other")
+    assert len(calls) == 1
+
+
+def test_new_snapshot_invalidates_rendered_feeds(app, client, upstream, clock):
+    before = client.get("/feed?limit=500")
+    upstream.items[0] = dict(upstream.items[0], paper=dict(upstream.items[0]["paper"], upvotes=99999))
+    clock.advance(901)
+    after = client.get("/feed?limit=500")  # this request refreshes (no background thread in tests)
+    assert b"99999 upvotes" in after.data and b"99999 upvotes" not in before.data
+    assert after.headers["ETag"] != before.headers["ETag"]
+
+
+def test_cache_is_bounded_by_bytes():
+    cache = FeedCache(max_bytes=100_000)
+    now = utcnow()
+    for n in range(1000):
+        cache.get_or_render("v1", n, lambda: RenderedFeed(b"x" * 5_000, "text/plain", now))
+    assert cache.current_bytes <= 100_000 and 0 < len(cache) < 20
+    cache.get_or_render("v2", "new", lambda: RenderedFeed(b"y", "text/plain", now))
+    assert len(cache) == 1  # a new snapshot version empties it

@@ -1,0 +1,173 @@
+"""The snapshot store: windowing, merging, single-flight refresh, backoff, stale-while-revalidate."""
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from feedproxy.errors import NoData
+from feedproxy.papers import Paper
+from feedproxy.snapshot import SnapshotStore, content_version, merge_window
+from feedproxy.upstream import HttpListing
+
+from .fakeupstream import Fault, FakeUpstream
+
+T0 = datetime(2026, 8, 21, 12, 0, tzinfo=timezone.utc)
+
+
+def paper(n: int, days_old: float, **kw) -> Paper:
+    return Paper(id=f"2608.{n:05d}", title=f"Paper {n}", published=T0 - timedelta(days=days_old), **kw)
+
+
+def item(n: int, days_old: float, upvotes: int = 0) -> dict:
+    published = (T0 - timedelta(days=days_old)).isoformat().replace("+00:00", "Z")
+    return {"paper": {"id": f"2608.{n:05d}", "title": f"Paper {n}", "upvotes": upvotes}, "publishedAt": published}
+
+
+def store_for(upstream, clock, **kw):
+    kw.setdefault("window_days", 30)
+    kw.setdefault("background", False)
+    source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2, max_pages=kw.pop("max_pages", 100))
+    return SnapshotStore(source, clock=clock, **kw)
+
+
+def test_merge_keeps_held_papers_and_prefers_fetched_copies():
+    held = [paper(1, 1, upvotes=3), paper(2, 2)]
+    fetched = [paper(1, 1, upvotes=9), paper(3, 0.5)]
+    merged = merge_window(held, fetched, timedelta(days=30), T0)
+    assert [p.id for p in merged] == ["2608.00003", "2608.00001", "2608.00002"]
+    assert merged[1].upvotes == 9
+
+
+def test_window_is_counted_back_from_the_newest_paper():
+    papers = [paper(1, 100), paper(2, 105), paper(3, 131)]  # listing paused 100 days ago
+    merged = merge_window([], papers, timedelta(days=30), T0)
+    assert [p.id for p in merged] == ["2608.00001", "2608.00002"]
+
+
+def test_content_version_depends_only_on_content():
+    a = [paper(1, 1), paper(2, 2)]
+    assert content_version(a) == content_version(list(a))
+    assert content_version(a) != content_version([paper(1, 1, upvotes=1), paper(2, 2)])
+
+
+def test_paging_stops_once_a_page_reaches_past_the_window(clock):
+    # 100 papers a day for 10 days: a 3-day window needs pages 0..3 (page 3 reaches day 3).
+    items = [item(n, n / 100) for n in range(1000)]
+    fake = FakeUpstream(items).start()
+    try:
+        store = store_for(fake, clock, window_days=3)
+        snapshot = store.current()
+    finally:
+        fake.stop()
+    assert fake.page_requests() == [0, 1, 2, 3]
+    assert len(snapshot.papers) == 301  # days 0.00 .. 3.00 inclusive
+    assert all(p.published >= T0 - timedelta(days=3) for p in snapshot.papers)
+
+
+def test_a_half_published_upstream_never_shrinks_the_window(clock):
+    fake = FakeUpstream([item(n, n) for n in range(10)]).start()
+    try:
+        store = store_for(fake, clock, refresh_seconds=900)
+        first = store.current()
+        assert len(first.papers) == 10
+        fake.items = [item(10, -0.1)] + [item(n, n) for n in range(3)]  # upstream lost most of them
+        clock.advance(901)
+        second = store.current()
+    finally:
+        fake.stop()
+    assert len(second.papers) == 11 and second.papers[0].id == "2608.00010"
+    assert second.version != first.version
+
+
+def test_fresh_snapshot_is_served_without_fetching(upstream, clock):
+    store = store_for(upstream, clock, window_days=1000, refresh_seconds=900)
+    store.current()
+    clock.advance(899)
+    store.current()
+    assert len(upstream.requests) == 1
+    clock.advance(2)
+    store.current()
+    assert len(upstream.requests) == 2
+
+
+def test_unchanged_data_keeps_the_version_and_index(upstream, clock):
+    store = store_for(upstream, clock, window_days=1000)
+    first = store.current()
+    clock.advance(1000)
+    second = store.current()
+    assert second.version == first.version and second.index is first.index
+    assert second.fetched_at > first.fetched_at
+
+
+def test_cold_start_with_upstream_down_is_no_data_with_retry_after_and_backs_off(upstream, clock):
+    upstream.always = Fault(status=503)
+    store = store_for(upstream, clock)
+    with pytest.raises(NoData) as err:
+        store.current()
+    assert "HTTP 503" in err.value.reason and err.value.retry_after == 5
+    with pytest.raises(NoData):
+        store.current()  # within the backoff: no new fetch
+    assert len(upstream.requests) == 1
+    clock.advance(5)
+    with pytest.raises(NoData) as err:
+        store.current()
+    assert len(upstream.requests) == 2 and err.value.retry_after == 10  # doubled
+    upstream.always = None
+    clock.advance(10)
+    assert len(store.current().papers) == 17  # the 2026-08-21 sample; older ones are outside 30 days
+
+
+def test_retry_after_from_upstream_is_honoured(upstream, clock):
+    upstream.faults.append(Fault(status=429, headers={"Retry-After": "300"}))
+    store = store_for(upstream, clock)
+    with pytest.raises(NoData) as err:
+        store.current()
+    assert err.value.retry_after == 300
+    clock.advance(299)
+    with pytest.raises(NoData):
+        store.current()
+    assert len(upstream.requests) == 1
+
+
+def test_failed_refresh_keeps_serving_the_last_snapshot(upstream, clock):
+    store = store_for(upstream, clock, window_days=1000)
+    first = store.current()
+    upstream.always = Fault(body=b"not json")
+    clock.advance(1000)
+    assert store.current() is first
+    assert "not valid JSON" in store.last_error
+
+
+def test_fifty_concurrent_cold_requests_cause_one_fetch(upstream, clock):
+    upstream.faults.append(Fault(delay=0.3))
+    store = store_for(upstream, clock, window_days=1000)
+    results, barrier = [], threading.Barrier(50)
+
+    def read():
+        barrier.wait()
+        results.append(store.current().version)
+
+    threads = [threading.Thread(target=read) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 50 and len(set(results)) == 1
+    assert len(upstream.requests) == 1
+
+
+def test_a_stalled_refresh_does_not_slow_readers(upstream, clock):
+    store = store_for(upstream, clock, window_days=1000, background=True)
+    first = store.current()
+    upstream.always = Fault(delay=1.5)
+    clock.advance(1000)
+    started = time.perf_counter()
+    for _ in range(20):
+        assert store.current() is first
+    assert time.perf_counter() - started < 0.5  # the refresh is still stalled in its thread
+    deadline = time.time() + 5
+    while len(upstream.requests) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(upstream.requests) == 2  # one background refresh, not one per reader
