@@ -21,6 +21,7 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     from .config import Config
     from .feedcache import FeedCache
     from .snapshot import SnapshotStore, utcnow
+    from .storage import SnapshotFile
     from .upstream import source_for
     from .web import bp, handle_http_error, handle_unexpected
 
@@ -39,6 +40,7 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
         refresh_seconds=config.refresh_seconds,
         clock=clock or utcnow,
         background=config.background_refresh,
+        storage=SnapshotFile(config.data_dir) if config.data_dir else None,
     )
     app.extensions["feedproxy.store"] = store
     app.extensions["feedproxy.feed_cache"] = FeedCache()

@@ -14,6 +14,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .storage import default_data_dir
 
 DEFAULT_UPSTREAM_URL = "https://huggingface.co/api/daily_papers"
 
@@ -73,7 +74,20 @@ SETTINGS = (
     "FEEDPROXY_MAX_RESPONSE_BYTES",
     "FEEDPROXY_MAX_PAGES",
     "FEEDPROXY_PROXY_COUNT",
+    "FEEDPROXY_DATA_DIR",
 )
+
+
+def check_data_dir(path: str) -> str:
+    """Create the data folder if needed; refuse one that cannot be created or written."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"FEEDPROXY_DATA_DIR {path!r} cannot be created: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"FEEDPROXY_DATA_DIR {path!r} is not writable by this user")
+    return str(folder)
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class Config:
     max_response_bytes: int = 16 * 1024 * 1024
     max_pages: int = 100
     proxy_count: int = 0
+    data_dir: str | None = None  # None: keep the snapshot in memory only (tests); from_env always sets it
     background_refresh: bool = True
 
     def __post_init__(self) -> None:
@@ -114,4 +129,5 @@ class Config:
             max_response_bytes=_int_setting(env, "FEEDPROXY_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 1024, 1024**3),
             max_pages=_int_setting(env, "FEEDPROXY_MAX_PAGES", 100, 1, 1000),
             proxy_count=_int_setting(env, "FEEDPROXY_PROXY_COUNT", 0, 0, 5),
+            data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
         )

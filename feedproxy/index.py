@@ -158,7 +158,7 @@ class PaperIndex:
         if since is not None:
             scope &= (1 << bisect_right(self._published_keys, -_micros(since))) - 1
         if min_upvotes > 0:
-            level = bisect_right(self._upvote_keys, -min_upvotes) - 1
+            level = bisect_left(self._upvote_keys, -min_upvotes) - 1
             scope &= self._upvote_masks[level] if level >= 0 else 0
         return scope
 

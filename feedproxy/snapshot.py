@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
-from cachetools import TTLCache
-
 from .errors import NoData, UpstreamError
 from .index import PaperIndex
 from .papers import Paper
+from .storage import SavedSnapshot, SnapshotFile, StorageError
 from .upstream import ListingSource
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,12 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """Holds the current Snapshot and refreshes it from a ListingSource when due."""
+    """Holds the current Snapshot and refreshes it from a ListingSource when due.
+
+    With a SnapshotFile, the snapshot survives restarts and is shared by the
+    workers using the same folder: whoever takes the refresh lock fetches and
+    saves; the others load the saved file instead of asking the upstream.
+    """
 
     def __init__(
         self,
@@ -100,23 +104,27 @@ class SnapshotStore:
         refresh_seconds: int = 900,
         clock: Clock = utcnow,
         background: bool = True,
+        storage: SnapshotFile | None = None,
     ):
         self.source = source
         self.window = timedelta(days=window_days)
         self.refresh_seconds = refresh_seconds
         self.clock = clock
         self.background = background
+        self.storage = storage
         self._snapshot: Snapshot | None = None
-        self._refresh_lock = threading.Lock()
-        # Present while the snapshot is fresh; its TTL is the refresh interval.
-        # Only touched under _refresh_lock or by single reads (cachetools is not thread-safe).
-        self._fresh: TTLCache = TTLCache(maxsize=1, ttl=refresh_seconds, timer=lambda: self.clock().timestamp())
+        self._refresh_lock = threading.Lock()  # one refresh at a time in this process
+        self._fresh_until: datetime | None = None  # no refresh is due before this
         self._failures = 0
-        self._next_attempt: datetime | None = None
+        self._next_attempt: datetime | None = None  # backoff after a failure
+        self._loaded_mtime: float | None = None  # the saved file we last read or wrote
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.last_success_at: datetime | None = None
+        self.storage_error: str | None = None
         self.fetch_count = 0  # pages requested from the source, for tests and health
+        if storage is not None:
+            self._load_saved()
 
     # -- reading -------------------------------------------------------------------
 
@@ -145,7 +153,7 @@ class SnapshotStore:
         if self._refresh_lock.acquire(timeout=COLD_START_WAIT_SECONDS):
             try:
                 if self._snapshot is None and self._due():
-                    self._refresh()
+                    self._refresh(wait=COLD_START_WAIT_SECONDS)
             finally:
                 self._refresh_lock.release()
         if self._snapshot is not None:
@@ -162,15 +170,15 @@ class SnapshotStore:
         """Seconds until the next refresh is due (0 when due now)."""
         if self._next_attempt is not None:
             return self.retry_after()
-        if self.last_success_at is None:
+        if self._fresh_until is None:
             return 0
-        left = self.last_success_at + timedelta(seconds=self.refresh_seconds) - self.clock()
-        return max(0, int(left.total_seconds()))
+        return max(0, int((self._fresh_until - self.clock()).total_seconds()))
 
     def _due(self) -> bool:
-        if self._next_attempt is not None and self.clock() < self._next_attempt:
+        now = self.clock()
+        if self._next_attempt is not None and now < self._next_attempt:
             return False
-        return "listing" not in self._fresh
+        return self._fresh_until is None or now >= self._fresh_until
 
     # -- refreshing ----------------------------------------------------------------
 
@@ -186,7 +194,25 @@ class SnapshotStore:
         finally:
             self._refresh_lock.release()
 
-    def _refresh(self) -> None:
+    def _refresh(self, wait: float = 0) -> None:
+        if self.storage is None:
+            self._fetch()
+            return
+        try:
+            with self.storage.refresh_lock(wait=wait) as holding:
+                if not holding:
+                    # Another worker is fetching: look at its file again shortly.
+                    self._fresh_until = self.clock() + timedelta(seconds=FIRST_RETRY_SECONDS)
+                    return
+                if self.storage.mtime() != self._loaded_mtime:
+                    self._load_saved()  # another worker saved since we last looked
+                if self._due():
+                    self._fetch()
+        except StorageError as exc:
+            self._storage_failed(exc)
+            self._fetch()  # serving fresh papers matters more than sharing them
+
+    def _fetch(self) -> None:
         held = self._snapshot.papers if self._snapshot else ()
         fetched: list[Paper] = []
         pages = skipped = 0
@@ -214,16 +240,61 @@ class SnapshotStore:
                 self._snapshot = Snapshot.build(merged, now)
             else:
                 self._snapshot = Snapshot(self._snapshot.papers, now, self._snapshot.version, self._snapshot.index)
+            self._save()
         if error is None:
             self._record_success(now, pages, len(fetched), skipped)
         else:
             self._record_failure(now, error, pages)
 
+    # -- the saved file --------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.storage is None or self._snapshot is None:
+            return
+        try:
+            self.storage.save(SavedSnapshot(self.source.description, self._snapshot.fetched_at, self._snapshot.papers))
+            self._loaded_mtime = self.storage.mtime()
+            self.storage_error = None
+        except StorageError as exc:
+            self._storage_failed(exc)
+
+    def _load_saved(self) -> None:
+        """Adopt the saved snapshot if it is from our source; it is fresh until its refresh is due."""
+        try:
+            mtime = self.storage.mtime()
+            saved = self.storage.load()
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        self._loaded_mtime = mtime
+        if saved is None:
+            return
+        if saved.source != self.source.description:
+            log.warning("saved snapshot ignored: it is from %s, not %s", saved.source, self.source.description)
+            return
+        if self._snapshot is not None and saved.fetched_at <= self._snapshot.fetched_at:
+            return
+        papers = merge_window((), saved.papers, self.window, self.clock())
+        if self._snapshot is not None and content_version(papers) == self._snapshot.version:
+            self._snapshot = Snapshot(self._snapshot.papers, saved.fetched_at, self._snapshot.version, self._snapshot.index)
+        else:
+            self._snapshot = Snapshot.build(papers, saved.fetched_at)
+        self.last_success_at = saved.fetched_at
+        self._fresh_until = saved.fetched_at + timedelta(seconds=self.refresh_seconds)
+        log.info("loaded saved snapshot file=%s papers=%d fetched_at=%s", self.storage.path,
+                 len(self._snapshot.papers), saved.fetched_at.isoformat())
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        self.storage_error = str(exc)
+        log.warning("%s", exc)
+
+    # -- outcomes --------------------------------------------------------------------
+
     def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int) -> None:
         self._failures = 0
         self._next_attempt = None
         self.last_success_at = now
-        self._fresh["listing"] = True
+        self._fresh_until = now + timedelta(seconds=self.refresh_seconds)
         held = len(self._snapshot.papers) if self._snapshot else 0
         log.info(
             "refresh ok source=%s pages=%d fetched=%d skipped=%d window_papers=%d version=%s",

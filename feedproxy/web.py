@@ -7,10 +7,11 @@ Retry-After), and hand the matching papers to the renderer.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlencode
+from urllib.parse import unquote_to_bytes, urlencode
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import MultiDict
@@ -30,6 +31,8 @@ bp = Blueprint("feeds", __name__)
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 SORTS = ("date", "upvotes", "relevance")
+MAX_QUERY_STRING_BYTES = 4096
+MAX_PARAMETERS = 64
 # Bounds of Cache-Control max-age: readers and proxies may keep a feed until the next refresh.
 MIN_MAX_AGE, MAX_MAX_AGE = 30, 3600
 
@@ -125,6 +128,21 @@ def plain(message: str, status: int, headers: dict | None = None) -> Response:
     return Response(message.rstrip("\n") + "\n", status=status, headers=headers, content_type="text/plain; charset=utf-8")
 
 
+@bp.before_app_request
+def refuse_hostile_query_strings() -> Response | None:
+    """Refuse query strings no reader sends, before any parsing: too long, too many, not UTF-8."""
+    raw = request.query_string
+    if len(raw) > MAX_QUERY_STRING_BYTES:
+        return plain(f"query string is {len(raw)} bytes long; at most {MAX_QUERY_STRING_BYTES} are accepted", 414)
+    if raw.count(b"&") + 1 > MAX_PARAMETERS:
+        return plain(f"too many parameters: at most {MAX_PARAMETERS} are accepted", 400)
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return plain(f"query string is not valid UTF-8 (byte {exc.start} after decoding %-escapes)", 400)
+    return None
+
+
 def _feed_cache() -> FeedCache:
     return current_app.extensions["feedproxy.feed_cache"]
 
@@ -203,6 +221,48 @@ def feed_response(feed: RenderedFeed, max_age: int) -> Response:
         headers["Content-Encoding"] = "gzip"
         return Response(feed.gzipped(), headers=headers, content_type=feed.media_type)
     return Response(feed.body, headers=headers, content_type=feed.media_type)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Report what is served and how fresh it is: 200 while serving, 503 while there is no data."""
+    report = health_report(_store())
+    return Response(
+        json.dumps(report, indent=2) + "\n",
+        status=200 if report["papers"] is not None else 503,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _iso(when) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when else None
+
+
+def health_report(store: SnapshotStore) -> dict:
+    """The facts an operator or a monitor needs, as plain JSON values."""
+    snapshot = store.peek()
+    now = store.clock()
+    age = int((now - store.last_success_at).total_seconds()) if store.last_success_at else None
+    if snapshot is None:
+        status = "no data"
+    elif age is not None and age > 3 * store.refresh_seconds:
+        status = "stale"  # still serving, but the upstream has failed for a while
+    else:
+        status = "ok"
+    return {
+        "status": status,
+        "papers": len(snapshot.papers) if snapshot else None,
+        "snapshot_version": snapshot.version if snapshot else None,
+        "newest_paper": _iso(snapshot.newest) if snapshot else None,
+        "last_success": _iso(store.last_success_at),
+        "snapshot_age_seconds": age,
+        "last_error": store.last_error,
+        "last_error_at": _iso(store.last_error_at),
+        "next_refresh_in_seconds": store.seconds_until_refresh(),
+        "source": store.source.description,
+        "storage_error": store.storage_error,
+    }
 
 
 def handle_http_error(exc: HTTPException) -> Response:

@@ -41,6 +41,12 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
+@pytest.fixture(autouse=True)
+def private_cache_home(tmp_path, monkeypatch):
+    """Keep the default data folder (~/.cache/feedproxy) of every test inside its own tmp_path."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+
+
 @pytest.fixture
 def items() -> list[dict]:
     return all_items()

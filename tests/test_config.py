@@ -6,8 +6,10 @@ from feedproxy.config import DEFAULT_UPSTREAM_URL, SETTINGS, Config
 from feedproxy.errors import ConfigError
 
 
-def test_defaults_need_no_environment():
+def test_defaults_need_no_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     config = Config.from_env({})
+    assert config.data_dir == str(tmp_path / "feedproxy")
     assert config.upstream_url == DEFAULT_UPSTREAM_URL
     assert (config.window_days, config.refresh_seconds) == (30, 900)
 
@@ -36,6 +38,7 @@ def test_values_are_read(tmp_path):
         ("FEEDPROXY_UPSTREAM_URL", "https:///nohost", "no host"),
         ("FEEDPROXY_UPSTREAM_URL", "/does/not/exist.json", "does not exist"),
         ("FEEDPROXY_WINDOWDAYS", "3", "unknown setting FEEDPROXY_WINDOWDAYS"),
+        ("FEEDPROXY_DATA_DIR", "/proc/feedproxy", "cannot be created"),
     ],
 )
 def test_bad_values_name_the_setting(name, value, words):

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def free_port() -> int:
 def start_gunicorn(env_overrides: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDPROXY_")}
-    env.update({"PORT": str(port), "WEB_CONCURRENCY": "2"}, **env_overrides)
+    env.update({"PORT": str(port), "WEB_CONCURRENCY": "2", "FEEDPROXY_DATA_DIR": tempfile.mkdtemp(prefix="feedproxy-e2e-")})
+    env.update(env_overrides)
     proc = subprocess.Popen(
         [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,0 +1,181 @@
+"""Saving and loading the snapshot on disk, and the lock that lets one worker refresh at a time.
+
+The file is written atomically (a temporary file in the same folder, fsync,
+then rename), so a reader or a crash never sees half a snapshot. A file that
+cannot be read back is moved aside, never fatal. Several gunicorn workers (and
+several instances on one host) share the folder: the one holding the refresh
+lock fetches from the upstream, the others load what it saved.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+from contextlib import contextmanager
+
+from .papers import Paper, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+FILE_FORMAT = 1
+SNAPSHOT_NAME = "snapshot.json.gz"
+LOCK_NAME = "refresh.lock"
+
+
+def default_data_dir() -> Path:
+    """The per-user cache folder: $XDG_CACHE_HOME/feedproxy, else ~/.cache/feedproxy."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "feedproxy"
+
+
+class StorageError(Exception):
+    """A saved snapshot could not be read or written; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class SavedSnapshot:
+    """What a snapshot file holds."""
+
+    source: str
+    fetched_at: datetime
+    papers: tuple[Paper, ...]
+
+
+def _paper_to_json(paper: Paper) -> dict:
+    data = asdict(paper)
+    data["published"] = paper.published.isoformat()
+    data["arxiv_published"] = paper.arxiv_published.isoformat() if paper.arxiv_published else None
+    return data
+
+
+def _paper_from_json(data: dict) -> Paper:
+    data = dict(data)
+    data["published"] = parse_timestamp(data["published"])
+    data["arxiv_published"] = parse_timestamp(data.get("arxiv_published"))
+    if data["published"] is None:
+        raise ValueError(f"paper {data.get('id')!r} has no valid published date")
+    for name in ("authors", "ai_keywords"):
+        data[name] = tuple(data.get(name) or ())
+    return Paper(**data)
+
+
+class SnapshotFile:
+    """One snapshot file in a data folder, with its refresh lock beside it."""
+
+    def __init__(self, data_dir: Path | str):
+        self.dir = Path(data_dir)
+        self.path = self.dir / SNAPSHOT_NAME
+        self.lock_path = self.dir / LOCK_NAME
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage: cannot create data folder {self.dir}: {exc.strerror}") from None
+
+    def mtime(self) -> float | None:
+        """The file's modification time, or None when there is no file."""
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def save(self, saved: SavedSnapshot) -> None:
+        """Write the snapshot atomically: temporary file, fsync, rename."""
+        self.ensure_dir()
+        document = {
+            "format": FILE_FORMAT,
+            "source": saved.source,
+            "fetched_at": saved.fetched_at.isoformat(),
+            "papers": [_paper_to_json(p) for p in saved.papers],
+        }
+        body = gzip.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), compresslevel=5, mtime=0)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".snapshot-", suffix=".tmp", dir=self.dir)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with _ignored(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StorageError(f"storage: cannot save {self.path}: {exc.strerror or exc}") from None
+
+    def load(self) -> SavedSnapshot | None:
+        """Read the saved snapshot; None when there is none. A corrupt file is moved aside."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"storage: cannot read {self.path}: {exc.strerror}") from None
+        try:
+            document = json.loads(gzip.decompress(raw))
+            if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+                raise ValueError(f"not a feedproxy snapshot of format {FILE_FORMAT}")
+            fetched_at = parse_timestamp(document.get("fetched_at"))
+            if fetched_at is None:
+                raise ValueError("no valid fetched_at")
+            papers = tuple(_paper_from_json(p) for p in document["papers"])
+            return SavedSnapshot(str(document.get("source", "")), fetched_at, papers)
+        except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
+            aside = self.move_aside()
+            raise StorageError(
+                f"storage: {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"moved it to {aside} and will fetch anew"
+            ) from None
+
+    def move_aside(self) -> Path | None:
+        aside = self.path.with_name(f"{SNAPSHOT_NAME}.corrupt")
+        try:
+            os.replace(self.path, aside)
+            return aside
+        except OSError:
+            return None
+
+    @contextmanager
+    def refresh_lock(self, wait: float = 0) -> Iterator[bool]:
+        """Try to take the folder's refresh lock, waiting up to ``wait`` seconds; yield whether we hold it."""
+        self.ensure_dir()
+        try:
+            handle = open(self.lock_path, "a+")
+        except OSError as exc:
+            raise StorageError(f"storage: cannot open {self.lock_path}: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
+
+
+@contextmanager
+def _ignored(*errors):
+    try:
+        yield
+    except errors:
+        pass

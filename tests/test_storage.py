@@ -1,0 +1,101 @@
+"""The saved snapshot: atomic round trip, corrupt files moved aside, restarts, workers sharing one folder."""
+
+import gzip
+import json
+import threading
+
+import pytest
+
+from feedproxy import create_app
+from feedproxy.papers import paper_from_item
+from feedproxy.snapshot import SnapshotStore
+from feedproxy.storage import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
+from feedproxy.upstream import HttpListing
+
+from .conftest import make_config
+from .fakeupstream import Fault
+
+
+def store_for(upstream, clock, data_dir, **kw):
+    source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
+    return SnapshotStore(source, clock=clock, window_days=1000, background=False,
+                         storage=SnapshotFile(data_dir), **kw)
+
+
+def test_round_trip_keeps_every_field(tmp_path, items, clock):
+    papers = tuple(paper_from_item(i) for i in items)
+    file = SnapshotFile(tmp_path)
+    file.save(SavedSnapshot("src", clock(), papers))
+    loaded = file.load()
+    assert loaded.papers == papers and loaded.source == "src" and loaded.fetched_at == clock()
+    assert [p.arxiv_published for p in loaded.papers] == [p.arxiv_published for p in papers]
+    assert not list(tmp_path.glob(".snapshot-*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", gzip.compress(b"{not json"), gzip.compress(b'{"format": 99}'),
+                                     gzip.compress(b'{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [{}]}')])
+def test_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
+    (tmp_path / SNAPSHOT_NAME).write_bytes(content)
+    with pytest.raises(StorageError, match="unreadable.*moved it to"):
+        SnapshotFile(tmp_path).load()
+    assert not (tmp_path / SNAPSHOT_NAME).exists()
+    assert (tmp_path / f"{SNAPSHOT_NAME}.corrupt").read_bytes() == content
+
+
+def test_corrupt_file_at_start_is_no_crash_and_is_replaced(tmp_path, upstream, clock):
+    (tmp_path / SNAPSHOT_NAME).write_bytes(b"\x1f\x8b broken")
+    store = store_for(upstream, clock, tmp_path)
+    assert "unreadable" in store.storage_error
+    assert len(store.current().papers) == 40
+    assert SnapshotFile(tmp_path).load() is not None  # saved anew after the fetch
+
+
+def test_restart_during_an_outage_serves_the_last_papers(tmp_path, upstream, clock):
+    client = create_app(make_config(upstream.url, data_dir=str(tmp_path)), clock=clock).test_client()
+    before = client.get("/feed?q=model")
+    upstream.always = Fault(status=503)
+    clock.advance(3600)
+    restarted = create_app(make_config(upstream.url, data_dir=str(tmp_path)), clock=clock).test_client()
+    after = restarted.get("/feed?q=model")
+    assert after.status_code == 200 and after.data == before.data
+    health = restarted.get("/healthz").get_json()
+    assert health["papers"] == 40 and "HTTP 503" in health["last_error"]
+
+
+def test_a_saved_snapshot_of_another_source_is_ignored(tmp_path, upstream, clock, items):
+    SnapshotFile(tmp_path).save(SavedSnapshot("http://elsewhere/", clock(), (paper_from_item(items[0]),)))
+    store = store_for(upstream, clock, tmp_path)
+    assert store.peek() is None
+
+
+def test_workers_sharing_a_folder_fetch_once(tmp_path, upstream, clock):
+    workers = [store_for(upstream, clock, tmp_path) for _ in range(4)]
+    assert len(workers[0].current().papers) == 40
+    for worker in workers[1:]:
+        assert worker.current().version == workers[0].current().version
+    assert len(upstream.requests) == 1  # the others loaded the saved file
+    clock.advance(901)
+    for worker in workers:
+        worker.current()
+    assert len(upstream.requests) == 2  # one refresh for all of them, not one each
+
+
+def test_cold_start_waits_for_the_worker_holding_the_lock(tmp_path, upstream, clock):
+    upstream.faults.append(Fault(delay=0.5))
+    a, b = store_for(upstream, clock, tmp_path), store_for(upstream, clock, tmp_path)
+    results = []
+    threads = [threading.Thread(target=lambda s=s: results.append(s.current().version)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0] == results[1]
+    assert len(upstream.requests) == 1
+
+
+def test_an_unwritable_folder_is_reported_and_feeds_still_work(tmp_path, upstream, clock):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = store_for(upstream, clock, blocker / "data")
+    assert len(store.current().papers) == 40
+    assert "storage:" in store.storage_error
