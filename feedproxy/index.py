@@ -158,7 +158,7 @@ class PaperIndex:
         if since is not None:
             scope &= (1 << bisect_right(self._published_keys, -_micros(since))) - 1
         if min_upvotes > 0:
-            level = bisect_left(self._upvote_keys, -min_upvotes) - 1
+            level = bisect_right(self._upvote_keys, -min_upvotes) - 1
             scope &= self._upvote_masks[level] if level >= 0 else 0
         return scope
 
@@ -253,7 +253,7 @@ class PaperIndex:
             in_range = map(str.count, texts, repeat, starts, ends)
             if field is None:
                 # The range is the title: add the whole text once more.
-                in_range = (_TITLE_EXTRA * t + a for t, a in zip(in_range, map(str.count, texts, repeat)))
+                in_range = (0 * t + a for t, a in zip(in_range, map(str.count, texts, repeat)))
             counts = [c + f for c, f in zip(counts, in_range)]
         return counts
 
