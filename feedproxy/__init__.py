@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import logging
+import sys
 import threading
 
 from flask import Flask
@@ -18,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 def create_app(config=None, *, source=None, clock=None) -> Flask:
     """Build the Flask app around one SnapshotStore."""
+    from . import metrics
     from .config import Config
     from .feedcache import FeedCache
     from .snapshot import SnapshotStore, utcnow
@@ -41,10 +43,12 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
         clock=clock or utcnow,
         background=config.background_refresh,
         storage=SnapshotFile(config.data_dir) if config.data_dir else None,
+        on_upstream_request=metrics.record_upstream,
     )
     app.extensions["feedproxy.store"] = store
     app.extensions["feedproxy.feed_cache"] = FeedCache()
     app.register_blueprint(bp)
+    metrics.install(app)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
     if config.background_refresh:
@@ -59,3 +63,10 @@ def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("feedproxy").setLevel(logging.INFO)
+    access = logging.getLogger("feedproxy.access")
+    if not access.handlers:
+        # The access log goes to stdout, as Procfile platforms and journald expect; the rest to stderr.
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.propagate = False

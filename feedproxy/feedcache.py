@@ -64,8 +64,10 @@ class FeedCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_render(self, version: str, key: Hashable, render: Callable[[], RenderedFeed]) -> RenderedFeed:
-        """Return the cached feed for (version, key), rendering it outside the lock on a miss."""
+    def get_or_render(
+        self, version: str, key: Hashable, render: Callable[[], RenderedFeed]
+    ) -> tuple[RenderedFeed, bool]:
+        """Return the feed for (version, key) and whether it was cached; render outside the lock on a miss."""
         with self._lock:
             if version != self._version:
                 self._cache.clear()  # the old snapshot's feeds can never be served again
@@ -73,13 +75,13 @@ class FeedCache:
             feed = self._cache.get(key)
             if feed is not None:
                 self.hits += 1
-                return feed
+                return feed, True
             self.misses += 1
         feed = render()
         with self._lock:
             if version == self._version and feed.size() <= self._cache.maxsize:
                 self._cache[key] = feed
-        return feed
+        return feed, False
 
     def __len__(self) -> int:
         with self._lock:

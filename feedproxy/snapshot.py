@@ -105,6 +105,7 @@ class SnapshotStore:
         clock: Clock = utcnow,
         background: bool = True,
         storage: SnapshotFile | None = None,
+        on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
     ):
         self.source = source
         self.window = timedelta(days=window_days)
@@ -112,6 +113,8 @@ class SnapshotStore:
         self.clock = clock
         self.background = background
         self.storage = storage
+        # Told of every upstream page request: None for success, else the error (metrics).
+        self.on_upstream_request = on_upstream_request or (lambda error: None)
         self._snapshot: Snapshot | None = None
         self._refresh_lock = threading.Lock()  # one refresh at a time in this process
         self._fresh_until: datetime | None = None  # no refresh is due before this
@@ -223,6 +226,7 @@ class SnapshotStore:
             for page in self.source.pages():
                 pages += 1
                 self.fetch_count += 1
+                self.on_upstream_request(None)
                 skipped += page.skipped
                 fetched.extend(page.papers)
                 if not page.papers:
@@ -233,6 +237,7 @@ class SnapshotStore:
                     break  # this page reaches past the window: everything older is outside it
         except UpstreamError as exc:
             error = exc
+            self.on_upstream_request(exc)
 
         if fetched:
             merged = merge_window(held, fetched, self.window, now)

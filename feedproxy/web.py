@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import unquote_to_bytes, urlencode
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date
@@ -159,9 +159,10 @@ def feed() -> Response:
     except NoData as exc:
         return plain(f"no papers yet: {exc.reason}", 503, {"Retry-After": str(exc.retry_after)})
     # rel=self must equal the requested URL, so the URL is part of the key.
-    rendered = _feed_cache().get_or_render(
+    rendered, cached = _feed_cache().get_or_render(
         snapshot.version, (params, request.url), lambda: render_feed(params, snapshot, store)
     )
+    g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
     return feed_response(rendered, max_age=_max_age(store))
 
 

@@ -1,0 +1,113 @@
+"""Prometheus metrics at /metrics and one log line per request, for the operator.
+
+Correct with several gunicorn workers: when PROMETHEUS_MULTIPROC_DIR is set
+(gunicorn.conf.py sets it before the workers start), prometheus-client keeps
+each worker's values in files there and /metrics sums them, whichever worker
+answers. Without it (tests, `flask run`) values live in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY
+
+from .errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+
+access_log = logging.getLogger("feedproxy.access")
+
+bp = Blueprint("metrics", __name__)
+
+REQUESTS = Counter("feedproxy_http_requests", "HTTP requests answered, by route and status.", ["route", "status"])
+LATENCY = Histogram(
+    "feedproxy_http_request_duration_seconds", "Time to answer a request, by route.", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FEED_CACHE = Counter("feedproxy_feed_cache", "Rendered-feed cache lookups, by result.", ["result"])
+UPSTREAM = Counter("feedproxy_upstream_requests", "Upstream page requests, by outcome.", ["outcome"])
+SNAPSHOT_AGE = Gauge("feedproxy_snapshot_age_seconds", "Seconds since the last successful refresh.",
+                     multiprocess_mode="mostrecent")
+PAPERS = Gauge("feedproxy_window_papers", "Papers in the window being served.", multiprocess_mode="mostrecent")
+
+# Outcome label for each failure, most specific first.
+_OUTCOMES = (
+    (UpstreamTimeout, "timeout"),
+    (UpstreamHTTPError, "http_error"),
+    (UpstreamBadData, "bad_data"),
+    (UpstreamUnreachable, "unreachable"),
+)
+
+
+def upstream_outcome(error: UpstreamError | None) -> str:
+    """The outcome label of one upstream request: ok, or the kind of failure."""
+    if error is None:
+        return "ok"
+    return next((label for cls, label in _OUTCOMES if isinstance(error, cls)), "error")
+
+
+def record_upstream(error: UpstreamError | None) -> None:
+    UPSTREAM.labels(upstream_outcome(error)).inc()
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    from flask import current_app
+
+    store = current_app.extensions["feedproxy.store"]
+    snapshot = store.peek()
+    if store.last_success_at is not None:
+        SNAPSHOT_AGE.set((store.clock() - store.last_success_at).total_seconds())
+    PAPERS.set(len(snapshot.papers) if snapshot else 0)
+    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST,
+                    headers={"Cache-Control": "no-store"})
+
+
+def _start_timer() -> None:
+    g.feedproxy_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = g.pop("feedproxy_started", None)
+    if started is None:
+        return response
+    elapsed = time.perf_counter() - started
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    REQUESTS.labels(route, str(response.status_code)).inc()
+    cache = g.get("feedproxy_cache")
+    if cache is not None:
+        FEED_CACHE.labels(cache).inc()
+    LATENCY.labels(route).observe(elapsed)
+    access_log.info(
+        "request method=%s path=%s status=%d bytes=%s ms=%.1f cache=%s gzip=%s q=%r ua=%r",
+        request.method, request.path, response.status_code, response.content_length or 0, elapsed * 1000,
+        cache or "-", "yes" if response.headers.get("Content-Encoding") == "gzip" else "no",
+        request.args.get("q", "")[:200], request.headers.get("User-Agent", "")[:120],
+    )
+    return response
+
+
+def install(app: Flask) -> None:
+    """Add /metrics and per-request timing, counting and logging to the app."""
+    app.register_blueprint(bp)
+    app.before_request(_start_timer)
+    app.after_request(_observe)

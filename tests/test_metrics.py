@@ -1,0 +1,75 @@
+"""/metrics in Prometheus text format, and the request log line."""
+
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from feedproxy import create_app
+from feedproxy.errors import UpstreamBadData, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from feedproxy.metrics import upstream_outcome
+
+from .conftest import make_config
+from .fakeupstream import Fault
+
+
+def samples(client) -> dict:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain; version=")
+    values = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def value(values, name, **labels):
+    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_requests_latency_and_cache_are_counted(client):
+    before = samples(client)
+    client.get("/feed?q=metricsprobe")
+    client.get("/feed?q=metricsprobe")
+    client.get("/feed?limit=0")
+    client.get("/nowhere")
+    after = samples(client)
+    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    assert delta("feedproxy_http_requests_total", route="/feed", status="200") == 2
+    assert delta("feedproxy_http_requests_total", route="/feed", status="400") == 1
+    assert delta("feedproxy_http_requests_total", route="unmatched", status="404") == 1
+    assert delta("feedproxy_http_request_duration_seconds_count", route="/feed") == 3
+    assert delta("feedproxy_feed_cache_total", result="miss") == 1
+    assert delta("feedproxy_feed_cache_total", result="hit") == 1
+
+
+def test_upstream_outcomes_and_window_gauges(upstream, clock):
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    before = samples(client)
+    client.get("/feed")
+    upstream.always = Fault(status=500)
+    clock.advance(1000)
+    client.get("/feed")
+    after = samples(client)
+    assert value(after, "feedproxy_upstream_requests_total", outcome="ok") - \
+        value(before, "feedproxy_upstream_requests_total", outcome="ok") == 1
+    assert value(after, "feedproxy_upstream_requests_total", outcome="http_error") - \
+        value(before, "feedproxy_upstream_requests_total", outcome="http_error") == 1
+    assert value(after, "feedproxy_window_papers") == 40
+    assert value(after, "feedproxy_snapshot_age_seconds") == 1000
+
+
+def test_every_upstream_error_has_an_outcome_label():
+    cases = {None: "ok", UpstreamTimeout("t"): "timeout", UpstreamHTTPError("h", 500): "http_error",
+             UpstreamBadData("b"): "bad_data", UpstreamUnreachable("u"): "unreachable"}
+    for error, label in cases.items():
+        assert upstream_outcome(error) == label
+
+
+def test_one_access_log_line_per_request(client, caplog):
+    with caplog.at_level(logging.INFO, logger="feedproxy.access"):
+        client.get("/feed?q=logprobe", headers={"User-Agent": "Miniflux/2.2"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "feedproxy.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    for field in ("method=GET", "path=/feed", "status=200", "cache=miss", "q='logprobe'", "ua='Miniflux/2.2'", "ms="):
+        assert field in line, field
