@@ -10,29 +10,20 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from . import __version__
-from .errors import (
-    UpstreamBadData,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
+from .errors import UpstreamBadData, UpstreamUnreachable
+from .fetch import HttpFetcher
 from .papers import InvalidItem, Paper, paper_from_item
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # the API's maximum
-USER_AGENT = f"feedproxy/{__version__} (self-hosted Daily Papers feed filter)"
 
 
 @dataclass(frozen=True)
@@ -80,22 +71,6 @@ def parse_listing(body: bytes, page_number: int = 0, origin: str = "upstream") -
     return Page(number=page_number, papers=tuple(papers), item_count=len(items), skipped=len(items) - len(papers))
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Read a Retry-After header (seconds or an HTTP date) as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
-
-
 class HttpListing:
     """The Daily Papers JSON API, paged newest first with ``p`` and ``limit``."""
 
@@ -111,65 +86,36 @@ class HttpListing:
     ):
         self.url = url
         self.description = url
-        self.max_bytes = max_bytes
         self.max_pages = max_pages
-        # The whole page must arrive within this, so a server dripping one byte
-        # per read timeout cannot hold a refresh forever.
-        self.deadline = connect_timeout + 2 * read_timeout
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            follow_redirects=True,
-            max_redirects=5,
-            transport=transport,
+        self.fetcher = HttpFetcher(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, max_bytes=max_bytes,
+            accept="application/json", transport=transport,
         )
 
     def pages(self) -> Iterator[Page]:
+        """Yield pages newest first; nothing at all when the first page is unchanged (304)."""
         for number in range(self.max_pages):
-            page = self.fetch_page(number)
+            page = self.fetch_page(number, conditional=number == 0)
+            if page is None:
+                return
             yield page
             if page.is_last:
                 return
 
-    def fetch_page(self, number: int) -> Page:
-        """GET one page and return it parsed, or raise an UpstreamError subclass."""
-        body = self._get({"p": number, "limit": PAGE_SIZE})
-        return parse_listing(body, number, origin=f"upstream {self.url}")
-
-    def _get(self, params: dict) -> bytes:
-        origin = f"upstream {self.url}"
-        started = time.monotonic()
+    def fetch_page(self, number: int, conditional: bool = False) -> Page | None:
+        """GET one page and return it parsed (None for 304), or raise an UpstreamError subclass."""
+        params = {"p": number, "limit": PAGE_SIZE}
+        fetched = self.fetcher.get(self.url, params, conditional=conditional)
+        if fetched.not_modified:
+            return None
         try:
-            with self._client.stream("GET", self.url, params=params) as response:
-                if response.status_code != 200:
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    raise UpstreamHTTPError(
-                        f"{origin} answered HTTP {response.status_code}", response.status_code, retry_after
-                    )
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > self.max_bytes:
-                    raise UpstreamBadData(f"{origin}: response of {declared} bytes exceeds the {self.max_bytes}-byte cap")
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise UpstreamBadData(f"{origin}: response exceeds the {self.max_bytes}-byte cap")
-                    if time.monotonic() - started > self.deadline:
-                        raise UpstreamTimeout(f"{origin}: response took longer than {self.deadline:g} s")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except UpstreamError:
+            return parse_listing(fetched.body, number, origin=f"upstream {self.url}")
+        except UpstreamBadData:
+            self.fetcher.forget(self.url, params)  # never let a bad body be revalidated as current
             raise
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"{origin} timed out ({type(exc).__name__})") from None
-        except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise UpstreamUnreachable(f"{origin} is unreachable: {exc}") from None
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            # Broken connections, bad encodings, too many redirects, protocol errors.
-            raise UpstreamBadData(f"{origin}: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
-        self._client.close()
+        self.fetcher.close()
 
 
 class FileListing:

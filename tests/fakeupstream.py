@@ -7,6 +7,7 @@ with a status, a delay, a different body or a cut-off body.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -36,6 +37,7 @@ class FakeUpstream:
         self.requests: list[dict] = []  # {"params": {...}, "headers": {...}}
         self.faults: list[Fault] = []  # consumed one per request, in order
         self.always: Fault | None = None  # applied to every request while set
+        self.etags = False  # send an ETag and answer a matching If-None-Match with 304, like a CDN
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -45,6 +47,10 @@ class FakeUpstream:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{PATH}"
+
+    def requests_etag(self, n: int) -> str | None:
+        """The ETag sent in answer to request n (when etags are on)."""
+        return self.requests[n].get("etag")
 
     def page_requests(self) -> list[int]:
         return [int(r["params"].get("p", "0")) for r in self.requests]
@@ -91,6 +97,13 @@ class FakeUpstream:
                 fault = upstream._next_fault()
                 status, body = upstream._page(params)
                 headers = {}
+                if upstream.etags and status == 200 and fault is None:
+                    etag = '"' + hashlib.sha1(body).hexdigest() + '"'
+                    upstream.requests[-1]["etag"] = etag
+                    if self.headers.get("If-None-Match") == etag:
+                        self._send(304, b"", {"ETag": etag})
+                        return
+                    headers["ETag"] = etag
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)

@@ -171,3 +171,15 @@ def test_a_stalled_refresh_does_not_slow_readers(upstream, clock):
     while len(upstream.requests) < 2 and time.time() < deadline:
         time.sleep(0.01)
     assert len(upstream.requests) == 2  # one background refresh, not one per reader
+
+
+def test_an_unchanged_upstream_costs_one_conditional_request_per_refresh(upstream, clock):
+    upstream.etags = True
+    store = store_for(upstream, clock, window_days=1000)
+    first = store.current()
+    for _ in range(3):
+        clock.advance(901)
+        assert store.current() is first or store.current().version == first.version
+    assert len(upstream.requests) == 4
+    assert all(r["headers"].get("If-None-Match") for r in upstream.requests[1:])
+    assert store.last_success_at == clock() and store.last_error is None
