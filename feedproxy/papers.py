@@ -25,6 +25,11 @@ _WHITESPACE = re.compile(r"\s+")
 _PAPER_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})$", re.IGNORECASE)
 
 
+def is_arxiv_id(text: str) -> bool:
+    """True for an arXiv id without version: 2405.15738 or hep-th/9901001."""
+    return bool(_PAPER_ID.match(text))
+
+
 class InvalidItem(ValueError):
     """An upstream item that cannot become a Paper (no id, no title, bad shape)."""
 
@@ -92,19 +97,30 @@ class Paper:
     thumbnail: str | None = None
     organization: str = ""
     arxiv_published: datetime | None = field(default=None, compare=False)
+    # Set for entries of RSS/Atom sources: the entry's own page. Empty for Daily Papers.
+    link: str = ""
+    # arXiv listings only: new, cross, replace or replace-cross.
+    announce_type: str = ""
+    # True when the source gave no date and ``published`` is when we first saw the entry.
+    undated: bool = False
 
     @property
     def url(self) -> str:
-        """The paper's Hugging Face page: also its permanent entry id in every feed."""
-        return HF_PAPER_URL.format(id=self.id)
+        """The paper's page, also its permanent entry id: the Hugging Face page for Daily Papers."""
+        return self.link or HF_PAPER_URL.format(id=self.id)
 
     @property
-    def arxiv_url(self) -> str:
-        return ARXIV_ABS_URL.format(id=self.id)
+    def is_arxiv(self) -> bool:
+        """True when the id is an arXiv id, so arXiv links can be offered."""
+        return is_arxiv_id(self.id)
 
     @property
-    def pdf_url(self) -> str:
-        return ARXIV_PDF_URL.format(id=self.id)
+    def arxiv_url(self) -> str | None:
+        return ARXIV_ABS_URL.format(id=self.id) if self.is_arxiv else None
+
+    @property
+    def pdf_url(self) -> str | None:
+        return ARXIV_PDF_URL.format(id=self.id) if self.is_arxiv else None
 
 
 def paper_from_item(item: object) -> Paper:

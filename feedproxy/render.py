@@ -64,11 +64,9 @@ def entry_html(paper: Paper) -> str:
     if paper.organization:
         stats.append(e(paper.organization))
     parts.append(f"<p>{' · '.join(stats)}</p>")
-    links = [
-        (paper.url, "Hugging Face"),
-        (paper.arxiv_url, "arXiv"),
-        (paper.pdf_url, "PDF"),
-    ]
+    links = [(paper.url, "Source" if paper.link else "Hugging Face")]
+    if paper.is_arxiv:
+        links += [(paper.arxiv_url, "arXiv"), (paper.pdf_url, "PDF")]
     if paper.github_repo:
         links.append((paper.github_repo, "GitHub"))
     if paper.project_page:
@@ -142,12 +140,13 @@ def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
         item = {
             "id": paper.url,
             "url": paper.url,
-            "external_url": paper.arxiv_url,
             "title": _text(paper.title),
             "content_html": entry_html(paper),
             "date_published": _rfc3339(paper.published),
             "date_modified": _rfc3339(paper.published),
         }
+        if paper.is_arxiv and paper.arxiv_url != paper.url:
+            item["external_url"] = paper.arxiv_url
         if paper.abstract:
             item["summary"] = _text(paper.abstract)
         if paper.thumbnail:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
@@ -54,7 +54,12 @@ def window_start(newest: datetime, now: datetime, window: timedelta) -> datetime
 def merge_window(held: Iterable[Paper], fetched: Iterable[Paper], window: timedelta, now: datetime) -> list[Paper]:
     """Merge fetched papers into held ones (fetched wins by id), keep the window, newest first."""
     by_id = {p.id: p for p in held}
-    by_id.update((p.id, p) for p in fetched)
+    for paper in fetched:
+        old = by_id.get(paper.id)
+        if paper.undated and old is not None:
+            # An undated entry keeps the date we first saw it, or readers would see it as new again.
+            paper = replace(paper, published=old.published)
+        by_id[paper.id] = paper
     if not by_id:
         return []
     start = window_start(max(p.published for p in by_id.values()), now, window)

@@ -183,3 +183,9 @@ def test_an_unchanged_upstream_costs_one_conditional_request_per_refresh(upstrea
     assert len(upstream.requests) == 4
     assert all(r["headers"].get("If-None-Match") for r in upstream.requests[1:])
     assert store.last_success_at == clock() and store.last_error is None
+
+
+def test_undated_entries_keep_the_date_they_were_first_seen():
+    first = merge_window([], [paper(1, 2, undated=True)], timedelta(days=30), T0)
+    again = merge_window(first, [paper(1, 0, undated=True, upvotes=5)], timedelta(days=30), T0)
+    assert again[0].published == first[0].published and again[0].upvotes == 5
