@@ -1,0 +1,209 @@
+"""The human side: the page at /, its live preview data at /preview.json, and OPML at /opml.
+
+The page lets someone try a query, see which papers it finds and copy the feed
+URL, with or without JavaScript. Every view validates with web.parse_request_args
+and picks sources with web._sources_for, as /feed does, and searches with
+sources.search_snapshots, as /feed does: what the page previews is what the feed serves.
+Templates and static files live in ``templates/`` and ``static/`` beside this
+module, where ``Flask(__name__)`` in create_app finds them (/static/...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, current_app, render_template, request
+from werkzeug.datastructures import MultiDict
+
+from .errors import NoData
+from .papers import Paper, strip_xml_forbidden
+from .params import SORTS, BadParameter, FeedRequest
+from .query import EMPTY_QUERY, QueryError, parse_query
+from .render import FORMATS
+from .sources import Source, current_snapshots, search_snapshots
+from .web import _sources_for, parse_request_args, plain
+
+bp = Blueprint("page", __name__)
+
+MAX_OPML_QUERIES = 50
+DEFAULTS = FeedRequest(query=EMPTY_QUERY)
+CONTROLS = ("q", "min_upvotes", "days", "sort", "format", "limit")  # the form's visible controls
+PASSED_ON = ("source", "announce", "url")  # /feed parameters the form keeps in hidden fields
+# Scripts, styles and requests only from this service: no CDN, font or inline script can run,
+# so even a markup injection that slipped past escaping could not execute.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_NAMED_PARAMETER = re.compile(r"^parameter '(\w+)'")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the page shows for one set of parameters: the feed URL and the papers, or why not."""
+
+    feed_url: str | None = None
+    opml_url: str | None = None
+    papers: tuple[Paper, ...] = ()
+    error: str | None = None  # the message /feed answers for these parameters
+    error_status: int = 400
+    error_control: str = "q"  # the form control the message is about
+    no_data: NoData | None = None
+
+
+def feed_params(q: str, params: FeedRequest) -> list[tuple[str, str]]:
+    """The feed's URL parameters: non-default ones only, in a fixed order, q as the user typed it."""
+    pairs = [("q", q)] if q else []
+    if params.min_upvotes != DEFAULTS.min_upvotes:
+        pairs.append(("min_upvotes", str(params.min_upvotes)))
+    if params.days is not None:
+        pairs.append(("days", str(params.days)))
+    if params.sort != DEFAULTS.sort:
+        pairs.append(("sort", params.sort))
+    if params.format != DEFAULTS.format:
+        pairs.append(("format", params.format))
+    if params.limit != DEFAULTS.limit:
+        pairs.append(("limit", str(params.limit)))
+    return pairs + _other_params(params)
+
+
+def _other_params(params: FeedRequest) -> list[tuple[str, str]]:
+    """Parameters /feed takes that the form has no control for, kept so the feed stays the same."""
+    pairs = []
+    if params.sources:
+        pairs.append(("source", ",".join(params.sources)))
+    if params.announce:
+        pairs.append(("announce", ",".join(params.announce)))
+    if params.url:
+        pairs.append(("url", params.url))
+    return pairs
+
+
+def _absolute(path: str, pairs: list[tuple[str, str]]) -> str:
+    return request.host_url + path + ("?" + urlencode(pairs) if pairs else "")
+
+
+def _window_days() -> int:
+    return current_app.extensions["feedproxy.store"].window.days
+
+
+def find_papers(params: FeedRequest, sources: list[Source]) -> list[Paper]:
+    """The papers /feed lists for ``params``, in its order: same sources, same search, same merge."""
+    current = current_snapshots(sources)
+    return search_snapshots(
+        [snapshot for _, snapshot in current], params.query, now=current[0][0].store.clock(),
+        min_upvotes=params.min_upvotes, days=params.days, sort=params.sort, limit=params.limit,
+        announce=params.announce,
+    )
+
+
+def build_preview(args: MultiDict) -> Preview:
+    """Validate ``args`` exactly as /feed does and find the papers it would list."""
+    try:
+        params = parse_request_args(args)
+        sources = _sources_for(params)
+    except BadParameter as exc:
+        named = _NAMED_PARAMETER.match(str(exc))
+        control = named.group(1) if named and named.group(1) in CONTROLS else "q"
+        return Preview(error=str(exc), error_status=exc.status, error_control=control)
+    pairs = feed_params((args.get("q") or "").strip(), params)
+    # /opml needs a q even for "every paper", so the empty query is written q= there.
+    opml_pairs = pairs if pairs and pairs[0][0] == "q" else [("q", ""), *pairs]
+    found = dict(feed_url=_absolute("feed", pairs), opml_url=_absolute("opml", opml_pairs))
+    try:
+        return Preview(**found, papers=tuple(find_papers(params, sources)))
+    except NoData as exc:
+        return Preview(**found, no_data=exc)
+
+
+@bp.get("/")
+def index() -> Response:
+    """The page. Bad parameters are shown next to the form, with /feed's status (400) and message."""
+    preview = build_preview(request.args)
+    html = render_template(
+        "page.html",
+        args=request.args,
+        preview=preview,
+        passed_on=[(k, v) for k, v in request.args.items(multi=True) if k in PASSED_ON],
+        window_days=_window_days(),
+        sorts=SORTS,
+        formats=tuple(FORMATS),
+        defaults=DEFAULTS,
+    )
+    response = Response(html, status=preview.error_status if preview.error else 200,
+                        content_type="text/html; charset=utf-8")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+@bp.get("/preview.json")
+def preview_json() -> Response:
+    """The live preview's data: 200 with papers, /feed's 4xx with its message, or 503 while no data."""
+    preview = build_preview(request.args)
+    if preview.error:
+        return _json({"error": preview.error, "parameter": preview.error_control}, preview.error_status)
+    if preview.no_data is not None:
+        body = {"error": f"no papers yet: {preview.no_data.reason}", "feed_url": preview.feed_url,
+                "opml_url": preview.opml_url}
+        return _json(body, 503, {"Retry-After": str(preview.no_data.retry_after)})
+    papers = [
+        {"id": p.id, "title": p.title, "url": p.url, "published": p.published.isoformat().replace("+00:00", "Z"),
+         "upvotes": p.upvotes}
+        for p in preview.papers
+    ]
+    return _json({"feed_url": preview.feed_url, "opml_url": preview.opml_url, "papers": papers,
+                  "count": len(papers)}, 200)
+
+
+def _json(body: dict, status: int, headers: dict | None = None) -> Response:
+    response = Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers,
+                        content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"  # it follows the snapshot; a reload must see new papers
+    return response
+
+
+@bp.get("/opml")
+def opml() -> Response:
+    """An OPML 2.0 subscription list: one feed per q, the other parameters applied to each."""
+    queries = request.args.getlist("q")
+    if not queries:
+        return plain("give at least one 'q' parameter, one per feed, e.g. /opml?q=diffusion&q=agents", 400)
+    if len(queries) > MAX_OPML_QUERIES:
+        return plain(f"too many feeds: {len(queries)} 'q' parameters, at most {MAX_OPML_QUERIES} are accepted", 400)
+    shared = [(k, v) for k, v in request.args.items(multi=True) if k != "q"]
+    try:
+        sources = _sources_for(parse_request_args(MultiDict(shared)))
+    except BadParameter as exc:
+        return plain(str(exc), exc.status)
+    source_title = " + ".join(source.title for source in sources)
+    feeds = []
+    for number, raw in enumerate(queries, start=1):
+        try:
+            parse_query(raw)
+        except QueryError as exc:
+            return plain(f"'q' number {number} ({raw[:60]!r}) is not a valid query: {exc}", 400)
+        params = parse_request_args(MultiDict([*shared, ("q", raw)]))
+        feeds.append((params.title(source_title), feed_params(raw.strip(), params)))
+    return Response(
+        render_opml(feeds),
+        content_type="text/x-opml; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="feedproxy.opml"'},
+    )
+
+
+def render_opml(feeds: list[tuple[str, list[tuple[str, str]]]]) -> bytes:
+    """Write one <outline> per (title, feed parameters); ElementTree escapes every value."""
+    root = ET.Element("opml", version="2.0")
+    head = ET.SubElement(root, "head")
+    ET.SubElement(head, "title").text = "feedproxy feeds"
+    body = ET.SubElement(root, "body")
+    for title, pairs in feeds:
+        title = strip_xml_forbidden(title)  # XML 1.0 cannot carry control characters, escaped or not
+        ET.SubElement(body, "outline", type="rss", text=title, title=title,
+                      xmlUrl=_absolute("feed", pairs), htmlUrl=_absolute("", pairs))
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

@@ -1,0 +1,140 @@
+// The feedproxy page's live preview and copy button. The page works without this file:
+// it only redraws what the server renders, from /preview.json, as the form changes.
+// Data from the request or upstream is only ever set as textContent or an attribute.
+"use strict";
+
+(function () {
+  const DEBOUNCE_MS = 300;
+  const form = document.getElementById("feed-form");
+  const error = document.getElementById("form-error");
+  const feedBox = document.getElementById("feed-box");
+  const feedMissing = document.getElementById("feed-missing");
+  const feedUrl = document.getElementById("feed-url");
+  const subscribe = document.getElementById("subscribe");
+  const opml = document.getElementById("opml");
+  const copy = document.getElementById("copy");
+  const copyStatus = document.getElementById("copy-status");
+  const status = document.getElementById("preview-status");
+  const list = document.getElementById("papers");
+  let timer = null;
+  let inFlight = null;
+
+  // The form's values, leaving out empty ones (the server's defaults apply).
+  function formParams() {
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) {
+      if (String(value).trim() !== "") params.append(name, value);
+    }
+    return params;
+  }
+
+  function plural(n, word) {
+    return n + " " + word + (n === 1 ? "" : "s");
+  }
+
+  // Mark the control the message is about, as the server-rendered page does.
+  function showError(message, parameter) {
+    error.textContent = message || "";
+    error.hidden = !message;
+    for (const control of form.elements) {
+      if (!control.name) continue;
+      const hint = control.name === "q" ? ["q-hint"] : [];
+      const ids = message && control.name === parameter ? hint.concat("form-error") : hint;
+      if (ids.length) control.setAttribute("aria-describedby", ids.join(" "));
+      else control.removeAttribute("aria-describedby");
+      if (message && control.name === parameter) control.setAttribute("aria-invalid", "true");
+      else control.removeAttribute("aria-invalid");
+    }
+  }
+
+  function showFeed(body) {
+    const has = Boolean(body.feed_url);
+    feedBox.hidden = !has;
+    feedMissing.hidden = has;
+    if (!has) return;
+    feedUrl.value = body.feed_url;
+    subscribe.href = body.feed_url;
+    opml.href = body.opml_url;
+    copyStatus.textContent = "";
+  }
+
+  function showPapers(papers) {
+    const items = papers.map(function (paper) {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = paper.url;
+      link.textContent = paper.title;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const date = document.createElement("time");
+      date.dateTime = paper.published;
+      date.textContent = paper.published.slice(0, 10);
+      meta.append(date, " · " + plural(paper.upvotes, "upvote"));
+      item.append(link, " ", meta);
+      return item;
+    });
+    list.replaceChildren(...items);
+  }
+
+  function show(httpStatus, body) {
+    const refused = httpStatus >= 400 && httpStatus < 500; // the parameters: the user can fix them
+    showError(refused ? body.error : "", body.parameter || "q");
+    showFeed(refused ? {} : body);
+    showPapers(body.papers || []);
+    if (httpStatus === 200) {
+      status.textContent = body.count ? plural(body.count, "paper") + ", as the feed lists them." : "No papers match.";
+    } else if (refused) {
+      status.textContent = "";
+    } else {
+      status.textContent = body.error || "The preview is not available (HTTP " + httpStatus + ").";
+    }
+  }
+
+  async function update() {
+    clearTimeout(timer);
+    if (inFlight) inFlight.abort();
+    const request = (inFlight = new AbortController());
+    const params = formParams();
+    let response, text;
+    try {
+      response = await fetch(form.dataset.previewUrl + "?" + params, { signal: request.signal });
+      text = await response.text();
+    } catch (err) {
+      if (err.name !== "AbortError") status.textContent = "The preview could not be loaded: " + err.message;
+      return;
+    }
+    if (request !== inFlight) return; // a newer update has started
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      body = { error: text.trim() }; // a plain-text refusal, e.g. a query string too long
+    }
+    show(response.status, body);
+    // Keep the address shareable and reloadable: the page URL carries the same parameters.
+    const search = body.feed_url ? new URL(body.feed_url).search : "?" + params;
+    history.replaceState(null, "", form.getAttribute("action") + search);
+  }
+
+  form.addEventListener("input", function () {
+    clearTimeout(timer);
+    timer = setTimeout(update, DEBOUNCE_MS);
+  });
+  form.addEventListener("submit", function (event) {
+    event.preventDefault(); // no reload needed: show the result at once
+    update();
+  });
+
+  copy.hidden = false;
+  copy.addEventListener("click", async function () {
+    try {
+      await navigator.clipboard.writeText(feedUrl.value);
+      copyStatus.textContent = "Copied.";
+    } catch (err) {
+      // No Clipboard API (plain http on another host) or no permission: select it for Ctrl+C.
+      feedUrl.focus();
+      feedUrl.select();
+      copyStatus.textContent = "Selected: press Ctrl+C (⌘C on a Mac) to copy.";
+    }
+  });
+})();
