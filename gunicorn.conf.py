@@ -1,9 +1,12 @@
 """gunicorn settings, read from the environment (PORT, WEB_CONCURRENCY, FEEDPROXY_*).
 
-Settings are validated here, in the master, so a bad value stops start with one
-clear line instead of every worker failing to boot with a traceback.
+gunicorn reads ./gunicorn.conf.py by itself, so the Procfile's `gunicorn wsgi:app`
+uses this file when started from the project folder. Settings are validated
+here, in the master, so a bad value stops start with one clear line instead of
+every worker failing to boot with a traceback.
 """
 
+import math
 import os
 import sys
 
@@ -19,15 +22,50 @@ def _whole(name: str, default: int, low: int, high: int) -> int:
 
 
 try:
-    Config.from_env()
+    feedproxy_config = Config.from_env()  # not `config`: that name is a gunicorn setting
 except ConfigError as exc:
     sys.exit(f"feedproxy: configuration error: {exc}")
 
+# All interfaces, as Procfile platforms need. With nginx on the same host, listen on loopback
+# only with GUNICORN_CMD_ARGS=--bind=127.0.0.1:8000 (gunicorn lets it override this file).
 bind = f"0.0.0.0:{_whole('PORT', 8000, 1, 65535)}"
 workers = _whole("WEB_CONCURRENCY", 2, 1, 64)
-threads = _whole("GUNICORN_THREADS", 4, 1, 64)
-# Above the upstream's connect + read timeouts, so a slow refresh is never killed mid-way.
-timeout = 120
-graceful_timeout = 30
-accesslog = "-"
+threads = _whole("GUNICORN_THREADS", 4, 1, 64)  # more than 1 selects the gthread worker
+
+# A sync worker (GUNICORN_THREADS=1) is killed when one request outlasts `timeout`;
+# the slowest request is a cold start's first, which waits for the first fetch
+# (at most connect + 2 x read seconds per upstream page). Keep a minute above one
+# page's deadline. gthread workers (the default) keep their heartbeat regardless.
+_page_deadline = feedproxy_config.connect_timeout + 2 * feedproxy_config.read_timeout
+timeout = max(120, math.ceil(_page_deadline) + 60)
+graceful_timeout = 25  # below the stop timeouts of systemd (90 s) and Procfile platforms (often 30 s)
+
+# The app writes one access line per request to stdout (logger feedproxy.access,
+# with the rendered-feed cache result); gunicorn's own access log would double it.
+accesslog = None
 errorlog = "-"
+
+# gunicorn 25.1+ opens a control socket at ~/.gunicorn/gunicorn.ctl by default: two
+# instances on one host would share that path, and a service user may have no home.
+control_socket_disable = True
+
+# Prometheus multiprocess mode: each worker writes its metric values to files in
+# one folder and /metrics sums them, whichever worker answers. The folder must be
+# set before the workers import prometheus_client, and emptied at each start so
+# counters from an earlier run are not added in.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(feedproxy_config.data_dir, "metrics")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import logging
+import os
 import sys
 import threading
 
@@ -18,13 +19,12 @@ from werkzeug.exceptions import HTTPException
 
 
 def create_app(config=None, *, source=None, clock=None) -> Flask:
-    """Build the Flask app around one SnapshotStore."""
+    """Build the Flask app: the sources and their stores, the views, metrics and error handlers."""
     from . import metrics
     from .config import Config
     from .feedcache import FeedCache
-    from .snapshot import SnapshotStore, utcnow
-    from .storage import SnapshotFile
-    from .upstream import source_for
+    from .snapshot import utcnow
+    from .page import bp as page_bp
     from .web import bp, handle_http_error, handle_unexpected
 
     config = Config.from_env() if config is None else config
@@ -36,26 +36,68 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
         # Behind nginx, trust X-Forwarded-Proto/Host so rel=self and ids carry the public URL.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_count, x_proto=config.proxy_count,
                                 x_host=config.proxy_count, x_port=config.proxy_count)
-    store = SnapshotStore(
-        source if source is not None else source_for(config),
-        window_days=config.window_days,
-        refresh_seconds=config.refresh_seconds,
-        clock=clock or utcnow,
-        background=config.background_refresh,
-        storage=SnapshotFile(config.data_dir) if config.data_dir else None,
-        on_upstream_request=metrics.record_upstream,
-    )
-    app.extensions["feedproxy.store"] = store
+    registry = build_sources(config, source, clock or utcnow)
+    app.extensions["feedproxy.sources"] = registry
+    app.extensions["feedproxy.store"] = registry.default.store
     app.extensions["feedproxy.feed_cache"] = FeedCache()
     app.register_blueprint(bp)
+    app.register_blueprint(page_bp)
     metrics.install(app)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
     if config.background_refresh:
         # Fetch at start so the first reader does not wait; a failure is only logged.
-        threading.Thread(target=store.refresh_if_due, name="feedproxy-first-refresh", daemon=True).start()
+        for named in registry:
+            threading.Thread(target=named.store.refresh_if_due, name=f"feedproxy-first-refresh-{named.name}",
+                             daemon=True).start()
     _configure_logging()
     return app
+
+
+def build_sources(config, default_listing=None, clock=None):
+    """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed."""
+    from . import metrics
+    from .config import DEFAULT_SOURCE
+    from .fetch import HttpFetcher
+    from .snapshot import SnapshotStore
+    from .sources import Source, SourceRegistry
+    from .storage import SnapshotFile
+    from .upstream import source_for
+
+    def store_for(listing, name: str | None) -> SnapshotStore:
+        # Each configured source keeps its own file; ad-hoc URL sources live in memory only.
+        folder = os.path.join(config.data_dir, name) if config.data_dir and name else None
+        return SnapshotStore(
+            listing,
+            window_days=config.window_days,
+            refresh_seconds=config.refresh_seconds,
+            clock=clock,
+            background=config.background_refresh,
+            storage=SnapshotFile(folder) if folder else None,
+            on_upstream_request=metrics.record_upstream,
+        )
+
+    def fetcher(safe: bool = False):
+        settings = dict(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+                        max_bytes=config.max_response_bytes)
+        if safe:
+            from .safefetch import SafeFetcher
+
+            return SafeFetcher(allowed_hosts=config.allow_url_hosts, **settings)
+        return HttpFetcher(accept="application/atom+xml, application/rss+xml, application/xml;q=0.9, */*;q=0.5",
+                           **settings)
+
+    def feed_source(name: str, url: str, safe: bool = False) -> Source:
+        from .feeds import FeedListing
+
+        listing = FeedListing(url, fetcher=fetcher(safe), clock=clock)
+        return Source(name, url, name if not safe else url, store_for(listing, None if safe else name))
+
+    listing = default_listing if default_listing is not None else source_for(config)
+    sources = [Source(DEFAULT_SOURCE, config.upstream_url, "Daily Papers", store_for(listing, DEFAULT_SOURCE))]
+    sources += [feed_source(name, url) for name, url in config.feeds]
+    url_factory = (lambda url: feed_source("url", url, safe=True)) if config.allow_url_hosts else None
+    return SourceRegistry(sources, url_factory)
 
 
 def _configure_logging() -> None:

@@ -8,6 +8,7 @@ accepted range, instead of failing later on the first request.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -75,7 +76,48 @@ SETTINGS = (
     "FEEDPROXY_MAX_PAGES",
     "FEEDPROXY_PROXY_COUNT",
     "FEEDPROXY_DATA_DIR",
+    "FEEDPROXY_FEEDS",
+    "FEEDPROXY_ALLOW_URL_HOSTS",
 )
+
+DEFAULT_SOURCE = "hf-daily"
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+_HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def parse_feeds(raw: str) -> tuple[tuple[str, str], ...]:
+    """Read FEEDPROXY_FEEDS: comma-separated name=url pairs, http(s) URLs, unique names."""
+    feeds: list[tuple[str, str]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        name, sep, url = part.partition("=")
+        name, url = name.strip().lower(), url.strip()
+        if not sep or not name or not url:
+            raise ConfigError(f"FEEDPROXY_FEEDS entry {part!r} is not name=url")
+        if not _SOURCE_NAME.match(name):
+            raise ConfigError(
+                f"FEEDPROXY_FEEDS name {name!r} must be 1 to 40 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+            )
+        if name == DEFAULT_SOURCE or name in dict(feeds):
+            raise ConfigError(f"FEEDPROXY_FEEDS name {name!r} is used twice (or is the built-in {DEFAULT_SOURCE!r})")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"FEEDPROXY_FEEDS URL for {name!r} must be http:// or https:// with a host, got {url!r}")
+        feeds.append((name, url))
+    return tuple(feeds)
+
+
+def parse_allowed_hosts(raw: str) -> frozenset[str]:
+    """Read FEEDPROXY_ALLOW_URL_HOSTS: comma-separated host names (``*.example.org`` for subdomains)."""
+    hosts = set()
+    for host in (h.strip().lower().rstrip(".") for h in raw.split(",")):
+        if not host:
+            continue
+        if not _HOST_NAME.match(host) or host.replace(".", "").replace("*", "").isdigit():
+            raise ConfigError(f"FEEDPROXY_ALLOW_URL_HOSTS entry {host!r} is not a host name")
+        hosts.add(host)
+    return frozenset(hosts)
 
 
 def check_data_dir(path: str) -> str:
@@ -103,6 +145,8 @@ class Config:
     max_pages: int = 100
     proxy_count: int = 0
     data_dir: str | None = None  # None: keep the snapshot in memory only (tests); from_env always sets it
+    feeds: tuple[tuple[str, str], ...] = ()  # (name, url) of extra RSS/Atom sources
+    allow_url_hosts: frozenset[str] = frozenset()  # empty: /feed?url= is disabled
     background_refresh: bool = True
 
     def __post_init__(self) -> None:
@@ -130,4 +174,6 @@ class Config:
             max_pages=_int_setting(env, "FEEDPROXY_MAX_PAGES", 100, 1, 1000),
             proxy_count=_int_setting(env, "FEEDPROXY_PROXY_COUNT", 0, 0, 5),
             data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
+            feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),
+            allow_url_hosts=parse_allowed_hosts(env.get("FEEDPROXY_ALLOW_URL_HOSTS", "")),
         )

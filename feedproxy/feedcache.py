@@ -1,8 +1,8 @@
 """The rendered-feed cache: finished feed bytes, their gzip copy and validators, per request shape.
 
 A repeated request does no filtering and no rendering: it is answered from
-here. Entries are keyed by snapshot version, so a new snapshot invalidates them
-all; the cache is bounded by bytes, not by count, so 100,000 distinct queries
+here. Entries belong to a scope (the sources a feed is made of) and carry the
+scope's snapshot version, so a new snapshot drops that scope's feeds; the cache is bounded by bytes, not by count, so 100,000 distinct queries
 cannot exhaust a worker's memory. cachetools caches are not thread-safe, so
 every access holds the lock.
 """
@@ -55,23 +55,30 @@ class RenderedFeed:
 
 
 class FeedCache:
-    """A thread-safe LRU of RenderedFeed, bounded by bytes, emptied when the snapshot changes."""
+    """A thread-safe LRU of RenderedFeed, bounded by bytes; a scope's entries go when its version changes."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda feed: feed.size())
         self._lock = threading.Lock()
-        self._version: str | None = None
+        self._versions: dict[str, str] = {}  # scope -> the snapshot version its entries were made from
         self.hits = 0
         self.misses = 0
 
     def get_or_render(
-        self, version: str, key: Hashable, render: Callable[[], RenderedFeed]
+        self, scope: str, version: str, key: Hashable, render: Callable[[], RenderedFeed]
     ) -> tuple[RenderedFeed, bool]:
-        """Return the feed for (version, key) and whether it was cached; render outside the lock on a miss."""
+        """Return the feed for (scope, key) at ``version`` and whether it was cached.
+
+        On a miss the feed is rendered outside the lock, so one slow render never
+        holds up cache hits for other feeds.
+        """
+        key = (scope, key)
         with self._lock:
-            if version != self._version:
-                self._cache.clear()  # the old snapshot's feeds can never be served again
-                self._version = version
+            if self._versions.get(scope) != version:
+                # The scope's old feeds can never be served again: free them now.
+                for old in [k for k in self._cache if k[0] == scope]:
+                    del self._cache[old]
+                self._versions[scope] = version
             feed = self._cache.get(key)
             if feed is not None:
                 self.hits += 1
@@ -79,7 +86,7 @@ class FeedCache:
             self.misses += 1
         feed = render()
         with self._lock:
-            if version == self._version and feed.size() <= self._cache.maxsize:
+            if self._versions.get(scope) == version and feed.size() <= self._cache.maxsize:
                 self._cache[key] = feed
         return feed, False
 

@@ -160,7 +160,9 @@ class SnapshotStore:
         # Every cold request queues on the same lock, so 50 of them cause one fetch.
         if self._refresh_lock.acquire(timeout=COLD_START_WAIT_SECONDS):
             try:
-                if self._snapshot is None and self._due():
+                # Only a backoff after a failure stops a cold worker from trying: not the
+                # short pause set while another worker held the refresh lock.
+                if self._snapshot is None and not self._backing_off():
                     self._refresh(wait=COLD_START_WAIT_SECONDS)
             finally:
                 self._refresh_lock.release()
@@ -182,11 +184,13 @@ class SnapshotStore:
             return 0
         return max(0, int((self._fresh_until - self.clock()).total_seconds()))
 
+    def _backing_off(self) -> bool:
+        return self._next_attempt is not None and self.clock() < self._next_attempt
+
     def _due(self) -> bool:
-        now = self.clock()
-        if self._next_attempt is not None and now < self._next_attempt:
+        if self._backing_off():
             return False
-        return self._fresh_until is None or now >= self._fresh_until
+        return self._fresh_until is None or self.clock() >= self._fresh_until
 
     # -- refreshing ----------------------------------------------------------------
 
@@ -214,7 +218,7 @@ class SnapshotStore:
                     return
                 if self.storage.mtime() != self._loaded_mtime:
                     self._load_saved()  # another worker saved since we last looked
-                if self._due():
+                if self._snapshot is None or self._due():
                     self._fetch()
         except StorageError as exc:
             self._storage_failed(exc)

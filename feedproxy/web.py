@@ -1,126 +1,51 @@
-"""The HTTP layer: parameter validation and the /feed view, kept thin.
+"""The HTTP layer: the /feed, /sources and /healthz views and their errors, kept thin.
 
-Views turn request parameters into a FeedRequest (or a 400 naming the bad
-parameter), ask the store for the current snapshot (or answer 503 with
-Retry-After), and hand the matching papers to the renderer.
+Views turn request parameters into a FeedRequest (or a 4xx naming the bad
+parameter), ask the sources for their current snapshots (or answer 503 with
+Retry-After), and hand the matching papers to the renderer, through the
+rendered-feed cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
 from urllib.parse import unquote_to_bytes, urlencode
 
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date
 
 from .errors import NoData
-from .query import Query, QueryError, parse_query
 from .feedcache import FeedCache, RenderedFeed
+from .params import SORTS, BadParameter, FeedRequest, parse_feed_request  # noqa: F401 (the page imports these here)
 from .render import FORMATS, FeedInfo
-from .snapshot import SnapshotStore, window_start
+from .snapshot import SnapshotStore
+from .sources import Source, SourceRegistry, current_snapshots, search_snapshots
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("feeds", __name__)
 
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 50
-SORTS = ("date", "upvotes", "relevance")
 MAX_QUERY_STRING_BYTES = 4096
 MAX_PARAMETERS = 64
 # Bounds of Cache-Control max-age: readers and proxies may keep a feed until the next refresh.
 MIN_MAX_AGE, MAX_MAX_AGE = 30, 3600
 
 
-class BadParameter(ValueError):
-    """A request parameter is invalid; the message names it and says what is accepted."""
-
-
-@dataclass(frozen=True)
-class FeedRequest:
-    """The validated parameters of one feed request."""
-
-    query: Query
-    limit: int = DEFAULT_LIMIT
-    min_upvotes: int = 0
-    days: int | None = None
-    sort: str = "date"
-    format: str = "atom"
-
-    def canonical_params(self) -> list[tuple[str, str]]:
-        """The parameters that decide which papers match, in a fixed order, defaults left out."""
-        params = []
-        if not self.query.is_empty:
-            params.append(("q", self.query.normalised))
-        if self.min_upvotes:
-            params.append(("min_upvotes", str(self.min_upvotes)))
-        if self.days is not None:
-            params.append(("days", str(self.days)))
-        return params
-
-    def title(self) -> str:
-        parts = [f"Daily Papers: {self.query.normalised}" if not self.query.is_empty else "Daily Papers"]
-        if self.min_upvotes:
-            parts.append(f"{self.min_upvotes}+ upvotes")
-        if self.days is not None:
-            parts.append(f"last {self.days} day{'s' if self.days != 1 else ''}")
-        return " · ".join(parts)
-
-
-def _single(args: MultiDict, name: str) -> str | None:
-    values = args.getlist(name)
-    if len(values) > 1:
-        raise BadParameter(f"parameter {name!r} is given {len(values)} times; give it once")
-    return values[0] if values else None
-
-
-def _whole_number(args: MultiDict, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = _single(args, name)
-    if raw is None or raw.strip() == "":
-        return default
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise BadParameter(f"parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}")
-    value = int(text)
-    if not low <= value <= high:
-        raise BadParameter(f"parameter {name!r} must be from {low} to {high}, got {value}")
-    return value
-
-
-def parse_feed_request(args: MultiDict, window_days: int) -> FeedRequest:
-    """Validate feed parameters; raise BadParameter with a message naming the first bad one."""
-    raw_q = _single(args, "q")
-    try:
-        query = parse_query(raw_q)
-    except QueryError as exc:
-        raise BadParameter(f"parameter 'q' is not a valid query: {exc}") from None
-    sort = _choice(args, "sort", SORTS)
-    fmt = _choice(args, "format", tuple(FORMATS))
-    return FeedRequest(
-        query=query,
-        limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        min_upvotes=_whole_number(args, "min_upvotes", 0, 0, 10**9 - 1),
-        days=_whole_number(args, "days", None, 1, window_days),
-        sort=sort,
-        format=fmt,
-    )
-
-
-def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
-    raw = _single(args, name)
-    value = (raw or choices[0]).strip().lower()
-    if value not in choices:
-        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}")
-    return value
-
-
 def _store() -> SnapshotStore:
+    """The default source's store (Daily Papers)."""
     return current_app.extensions["feedproxy.store"]
+
+
+def _registry() -> SourceRegistry:
+    return current_app.extensions["feedproxy.sources"]
+
+
+def parse_request_args(args) -> FeedRequest:
+    """Validate feed parameters against this app's window and sources (shared with the web page)."""
+    registry = _registry()
+    return parse_feed_request(args, _store().window.days, registry.names, registry.default.name)
 
 
 def plain(message: str, status: int, headers: dict | None = None) -> Response:
@@ -149,40 +74,65 @@ def _feed_cache() -> FeedCache:
 
 @bp.get("/feed")
 def feed() -> Response:
-    store = _store()
     try:
-        params = parse_feed_request(request.args, store.window.days)
+        params = parse_request_args(request.args)
+        sources = _sources_for(params)
     except BadParameter as exc:
-        return plain(str(exc), 400)
+        return plain(str(exc), exc.status)
     try:
-        snapshot = store.current()
+        current = current_snapshots(sources)
     except NoData as exc:
         return plain(f"no papers yet: {exc.reason}", 503, {"Retry-After": str(exc.retry_after)})
+    scope = ",".join(source.name for source, _ in current)
+    version = "+".join(snapshot.version for _, snapshot in current)
     # rel=self must equal the requested URL, so the URL is part of the key.
     rendered, cached = _feed_cache().get_or_render(
-        snapshot.version, (params, request.url), lambda: render_feed(params, snapshot, store)
+        scope, version, (params, request.url), lambda: render_feed(params, current)
     )
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
-    return feed_response(rendered, max_age=_max_age(store))
+    return feed_response(rendered, max_age=min(_max_age(source.store) for source, _ in current))
 
 
-def render_feed(params: FeedRequest, snapshot, store: SnapshotStore) -> RenderedFeed:
-    """Filter the snapshot and render the feed the parameters ask for."""
-    since = None
-    if params.days is not None and snapshot.newest is not None:
-        since = window_start(snapshot.newest, store.clock(), timedelta(days=params.days))
-    papers = snapshot.index.search(
-        params.query, min_upvotes=params.min_upvotes, since=since, sort=params.sort, limit=params.limit
+def _sources_for(params: FeedRequest) -> list[Source]:
+    registry = _registry()
+    if params.url is None:
+        return registry.get(params.sources)
+    if not registry.allows_urls:
+        raise _Refused("fetching feeds by 'url' is disabled on this server; ask its operator to set "
+                       "FEEDPROXY_ALLOW_URL_HOSTS, or use one of the sources at /sources")
+    from .safefetch import UrlNotAllowed, check_url
+
+    try:
+        check_url(params.url, current_app.config["FEEDPROXY"].allow_url_hosts)
+    except UrlNotAllowed as exc:
+        raise _Refused(f"parameter 'url' is not allowed: {exc}") from None
+    return [registry.for_url(params.url)]
+
+
+class _Refused(BadParameter):
+    status = 403
+
+
+def render_feed(params: FeedRequest, current: list[tuple[Source, object]]) -> RenderedFeed:
+    """Filter the snapshots and render the feed the parameters ask for."""
+    snapshots = [snapshot for _, snapshot in current]
+    papers = search_snapshots(
+        snapshots, params.query, now=current[0][0].store.clock(), min_upvotes=params.min_upvotes,
+        days=params.days, sort=params.sort, limit=params.limit, announce=params.announce,
     )
     canonical = params.canonical_params()
+    newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
     # The newest entry's time; for an empty result the window's newest, so it
     # still moves only when the data does.
-    updated = max((p.published for p in papers), default=snapshot.newest or snapshot.fetched_at)
+    updated = max((p.published for p in papers), default=newest or snapshots[0].fetched_at)
     info = FeedInfo(
         id=request.host_url + "feed" + ("?" + urlencode(canonical) if canonical else ""),
-        title=params.title(),
+        title=params.title(" + ".join(source.title for source, _ in current)),
         self_url=request.url,
         updated=updated,
+        subtitle=f"{', '.join(source.title for source, _ in current)}, filtered by feedproxy",
+        alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"
+        else "https://huggingface.co/papers",
     )
     fmt = FORMATS[params.format]
     return RenderedFeed(fmt.render(info, papers), fmt.media_type, updated)
@@ -191,6 +141,24 @@ def render_feed(params: FeedRequest, snapshot, store: SnapshotStore) -> Rendered
 def _max_age(store: SnapshotStore) -> int:
     """Seconds until the next refresh is due, bounded: how long a copy stays good."""
     return max(MIN_MAX_AGE, min(MAX_MAX_AGE, store.seconds_until_refresh()))
+
+
+@bp.get("/sources")
+def sources() -> Response:
+    """List the sources this server filters, as JSON."""
+    listing = []
+    for source in _registry():
+        snapshot = source.store.peek()
+        listing.append({
+            "name": source.name,
+            "title": source.title,
+            "url": source.url,
+            "default": source is _registry().default,
+            "papers": len(snapshot.papers) if snapshot else None,
+            "last_success": _iso(source.store.last_success_at),
+            "feed": request.host_url + "feed" + ("" if source is _registry().default else "?source=" + source.name),
+        })
+    return Response(json.dumps({"sources": listing}, indent=2) + "\n", content_type="application/json")
 
 
 def _accepts_gzip() -> bool:
@@ -228,6 +196,9 @@ def feed_response(feed: RenderedFeed, max_age: int) -> Response:
 def healthz() -> Response:
     """Report what is served and how fresh it is: 200 while serving, 503 while there is no data."""
     report = health_report(_store())
+    others = [source for source in _registry() if source is not _registry().default]
+    if others:
+        report["sources"] = {source.name: health_report(source.store) for source in others}
     return Response(
         json.dumps(report, indent=2) + "\n",
         status=200 if report["papers"] is not None else 503,

@@ -1,65 +1,13 @@
 """End to end: real gunicorn, the real wsgi.py and gunicorn.conf.py, a loopback fake upstream, feedparser."""
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import feedparser
 import httpx
 import pytest
 
 from .atomcheck import check_atom, entry_ids
-
-ROOT = Path(__file__).parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_gunicorn(env_overrides: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDPROXY_")}
-    env.update({"PORT": str(port), "WEB_CONCURRENCY": "2", "FEEDPROXY_DATA_DIR": tempfile.mkdtemp(prefix="feedproxy-e2e-")})
-    env.update(env_overrides)
-    proc = subprocess.Popen(
-        [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_for_feed(base: str, proc: subprocess.Popen, path: str = "/feed", timeout: float = 20) -> httpx.Response:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        try:
-            response = httpx.get(base + path, timeout=5)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"no 200 from {base}{path} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out.decode()
+from .servers import ROOT, free_port, start_gunicorn, stop, wait_for_feed
 
 
 def test_gunicorn_serves_a_filtered_feed_that_feedparser_reads(upstream):
@@ -124,3 +72,24 @@ def test_bad_configuration_stops_start_with_a_message(env, words):
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode != 0
     assert words in out and "Traceback" not in out
+
+
+def test_metrics_count_every_workers_requests(upstream, tmp_path):
+    proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                 "FEEDPROXY_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"})
+    try:
+        wait_for_feed(base, proc)
+        with httpx.Client(base_url=base, timeout=5) as client:  # a new connection each time spreads workers
+            for _ in range(40):
+                assert httpx.get(base + "/feed?q=metricsprobe", timeout=5).status_code == 200
+            seen = set()
+            for _ in range(10):
+                text = client.get("/metrics", headers={"Connection": "close"}).text
+                line = next(l for l in text.splitlines()
+                            if l.startswith('feedproxy_http_requests_total{route="/feed",status="200"}'))
+                seen.add(float(line.rsplit(" ", 1)[1]))
+    finally:
+        stop(proc)
+    # Whichever worker answers, /metrics reports the requests of both (41: the warm-up one too).
+    assert seen == {41.0}
+    assert (tmp_path / "metrics").is_dir()

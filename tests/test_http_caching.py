@@ -88,7 +88,9 @@ def test_cache_is_bounded_by_bytes():
     cache = FeedCache(max_bytes=100_000)
     now = utcnow()
     for n in range(1000):
-        cache.get_or_render("v1", n, lambda: RenderedFeed(b"x" * 5_000, "text/plain", now))
+        cache.get_or_render("hf-daily", "v1", n, lambda: RenderedFeed(b"x" * 5_000, "text/plain", now))
     assert cache.current_bytes <= 100_000 and 0 < len(cache) < 20
-    cache.get_or_render("v2", "new", lambda: RenderedFeed(b"y", "text/plain", now))
-    assert len(cache) == 1  # a new snapshot version empties it
+    cache.get_or_render("arxiv", "a1", "other", lambda: RenderedFeed(b"z", "text/plain", now))
+    cache.get_or_render("hf-daily", "v2", "new", lambda: RenderedFeed(b"y", "text/plain", now))
+    assert len(cache) == 2  # a new version drops its scope's feeds, not other scopes'
+    assert cache.get_or_render("arxiv", "a1", "other", lambda: RenderedFeed(b"!", "text/plain", now))[1]

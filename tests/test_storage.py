@@ -99,3 +99,13 @@ def test_an_unwritable_folder_is_reported_and_feeds_still_work(tmp_path, upstrea
     store = store_for(upstream, clock, blocker / "data")
     assert len(store.current().papers) == 40
     assert "storage:" in store.storage_error
+
+
+def test_a_worker_that_found_the_lock_taken_at_start_still_serves_once_the_file_exists(tmp_path, upstream, clock):
+    a, b = store_for(upstream, clock, tmp_path), store_for(upstream, clock, tmp_path)
+    with SnapshotFile(tmp_path).refresh_lock() as holding:
+        assert holding
+        assert b.refresh_if_due() is True and b.peek() is None  # its start-up refresh found the lock taken
+    a.current()  # a fetches and saves
+    assert b.current().version == a.current().version  # no 5-second wait, no second fetch
+    assert len(upstream.requests) == 1

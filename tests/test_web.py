@@ -82,11 +82,12 @@ def test_empty_query_is_every_paper_and_limit_caps(client, items):
     assert entry_ids(check_atom(client.get("/feed?q=&limit=3").data)) == all_ids[:3]
 
 
-def test_feed_id_and_title_follow_the_normalised_query(client):
-    a = check_atom(client.get("/feed?q=Benchmark&limit=5").data)
-    b = check_atom(client.get("/feed?q=benchmark").data)
+def test_feed_id_follows_the_normalised_query_and_the_title_the_typed_one(client):
+    a = check_atom(client.get("/feed?q=Pre-Training%20%20models&limit=5").data)
+    b = check_atom(client.get("/feed?q=pretraining+model").data)
     assert a.findtext(f"{ATOM}id") == b.findtext(f"{ATOM}id")
-    assert a.findtext(f"{ATOM}title") == b.findtext(f"{ATOM}title")
+    assert a.findtext(f"{ATOM}title") == "Daily Papers: Pre-Training models"
+    assert b.findtext(f"{ATOM}title") == "Daily Papers: pretraining model"
 
 
 @pytest.mark.parametrize(

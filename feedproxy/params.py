@@ -1,0 +1,151 @@
+"""Feed request parameters: validation into an immutable FeedRequest, with messages that name the culprit.
+
+Used by /feed and by the web page, so both accept and refuse exactly the same
+things. Every refusal is a BadParameter whose ``status`` is the HTTP status to
+answer with (400, or 404 for an unknown source) and whose text is shown as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from werkzeug.datastructures import MultiDict
+
+from .query import Query, QueryError, parse_query
+from .render import FORMATS
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+SORTS = ("date", "upvotes", "relevance")
+ANNOUNCE_TYPES = ("new", "cross", "replace", "replace-cross")
+MAX_SOURCES = 10
+
+
+class BadParameter(ValueError):
+    """A request parameter is invalid; the message names it and says what is accepted."""
+
+    status = 400
+
+
+class UnknownSource(BadParameter):
+    """The request names a source this server does not have."""
+
+    status = 404
+
+
+@dataclass(frozen=True)
+class FeedRequest:
+    """The validated parameters of one feed request."""
+
+    query: Query
+    limit: int = DEFAULT_LIMIT
+    min_upvotes: int = 0
+    days: int | None = None
+    sort: str = "date"
+    format: str = "atom"
+    sources: tuple[str, ...] = ()  # empty: the default source
+    announce: tuple[str, ...] = ()  # arXiv announce types to keep; empty: all
+    url: str | None = None  # a user-supplied feed URL (only when the operator allows it)
+    query_text: str = ""  # what the user typed, whitespace folded, for titles
+
+    def canonical_params(self) -> list[tuple[str, str]]:
+        """The parameters that decide which papers match, in a fixed order, defaults left out."""
+        params = []
+        if self.url:
+            params.append(("url", self.url))
+        if self.sources:
+            params.append(("source", ",".join(self.sources)))
+        if not self.query.is_empty:
+            params.append(("q", self.query.normalised))
+        if self.min_upvotes:
+            params.append(("min_upvotes", str(self.min_upvotes)))
+        if self.days is not None:
+            params.append(("days", str(self.days)))
+        if self.announce:
+            params.append(("announce", ",".join(self.announce)))
+        return params
+
+    def title(self, source_title: str = "Daily Papers") -> str:
+        parts = [f"{source_title}: {self.query_text}" if self.query_text else source_title]
+        if self.min_upvotes:
+            parts.append(f"{self.min_upvotes}+ upvotes")
+        if self.days is not None:
+            parts.append(f"last {self.days} day{'s' if self.days != 1 else ''}")
+        if self.announce:
+            parts.append("/".join(self.announce))
+        return " · ".join(parts)
+
+
+def _single(args: MultiDict, name: str) -> str | None:
+    values = args.getlist(name)
+    if len(values) > 1:
+        raise BadParameter(f"parameter {name!r} is given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
+def _whole_number(args: MultiDict, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = _single(args, name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise BadParameter(f"parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise BadParameter(f"parameter {name!r} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
+    raw = _single(args, name)
+    value = (raw or choices[0]).strip().lower()
+    if value not in choices:
+        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}")
+    return value
+
+
+def _names(args: MultiDict, name: str) -> tuple[str, ...]:
+    """A comma-separated list parameter, lower-cased, duplicates dropped, order kept."""
+    raw = _single(args, name) or ""
+    return tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+
+
+def parse_feed_request(
+    args: MultiDict, window_days: int, known_sources: Iterable[str] | None = None, default_source: str = ""
+) -> FeedRequest:
+    """Validate feed parameters; raise BadParameter with a message naming the first bad one."""
+    raw_q = _single(args, "q")
+    try:
+        query = parse_query(raw_q)
+    except QueryError as exc:
+        raise BadParameter(f"parameter 'q' is not a valid query: {exc}") from None
+    sources = _names(args, "source")
+    if len(sources) > MAX_SOURCES:
+        raise BadParameter(f"parameter 'source' names {len(sources)} sources; at most {MAX_SOURCES} are merged")
+    if known_sources is not None:
+        known = list(known_sources)
+        unknown = [s for s in sources if s not in known]
+        if unknown:
+            raise UnknownSource(f"unknown source {unknown[0][:40]!r}; known sources: {', '.join(known)}")
+    if sources == (default_source,):
+        sources = ()  # the default spelled out is the same feed
+    announce = _names(args, "announce")
+    bad = [a for a in announce if a not in ANNOUNCE_TYPES]
+    if bad:
+        raise BadParameter(f"parameter 'announce' must list {', '.join(ANNOUNCE_TYPES)}, got {bad[0][:40]!r}")
+    url = (_single(args, "url") or "").strip() or None
+    if url is not None and sources:
+        raise BadParameter("give either 'url' or 'source', not both")
+    return FeedRequest(
+        query=query,
+        limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        min_upvotes=_whole_number(args, "min_upvotes", 0, 0, 10**9 - 1),
+        days=_whole_number(args, "days", None, 1, window_days),
+        sort=_choice(args, "sort", SORTS),
+        format=_choice(args, "format", tuple(FORMATS)),
+        sources=sources,
+        announce=tuple(a for a in ANNOUNCE_TYPES if a in announce),
+        url=url,
+        query_text=" ".join((raw_q or "").split())[:200] if not query.is_empty else "",
+    )
