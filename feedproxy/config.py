@@ -82,7 +82,6 @@ SETTINGS = (
 
 DEFAULT_SOURCE = "hf-daily"
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
-_HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
 def parse_feeds(raw: str) -> tuple[tuple[str, str], ...]:
@@ -109,15 +108,13 @@ def parse_feeds(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 def parse_allowed_hosts(raw: str) -> frozenset[str]:
-    """Read FEEDPROXY_ALLOW_URL_HOSTS: comma-separated host names (``*.example.org`` for subdomains)."""
-    hosts = set()
-    for host in (h.strip().lower().rstrip(".") for h in raw.split(",")):
-        if not host:
-            continue
-        if not _HOST_NAME.match(host) or host.replace(".", "").replace("*", "").isdigit():
-            raise ConfigError(f"FEEDPROXY_ALLOW_URL_HOSTS entry {host!r} is not a host name")
-        hosts.add(host)
-    return frozenset(hosts)
+    """Read FEEDPROXY_ALLOW_URL_HOSTS: host names, ``*.example.org`` for subdomains, ``host:port`` for a port."""
+    from .safefetch import parse_allowed_hosts as parse
+
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"FEEDPROXY_ALLOW_URL_HOSTS entry {exc}") from None
 
 
 def check_data_dir(path: str) -> str:

@@ -2,8 +2,8 @@
 
 The page lets someone try a query, see which papers it finds and copy the feed
 URL, with or without JavaScript. Every view validates with web.parse_request_args
-and picks sources with web._sources_for, as /feed does, and searches with
-sources.search_snapshots, as /feed does: what the page previews is what the feed serves.
+and picks sources with web.sources_for, as /feed does, and searches with
+web.find_papers, as /feed does: what the page previews is what the feed serves.
 Templates and static files live in ``templates/`` and ``static/`` beside this
 module, where ``Flask(__name__)`` in create_app finds them (/static/...).
 """
@@ -24,8 +24,8 @@ from .papers import Paper, strip_xml_forbidden
 from .params import SORTS, BadParameter, FeedRequest
 from .query import EMPTY_QUERY, QueryError, parse_query
 from .render import FORMATS
-from .sources import Source, current_snapshots, search_snapshots
-from .web import _sources_for, parse_request_args, plain
+from .sources import current_snapshots
+from .web import find_papers, parse_request_args, plain, sources_for
 
 bp = Blueprint("page", __name__)
 
@@ -91,21 +91,11 @@ def _window_days() -> int:
     return current_app.extensions["feedproxy.store"].window.days
 
 
-def find_papers(params: FeedRequest, sources: list[Source]) -> list[Paper]:
-    """The papers /feed lists for ``params``, in its order: same sources, same search, same merge."""
-    current = current_snapshots(sources)
-    return search_snapshots(
-        [snapshot for _, snapshot in current], params.query, now=current[0][0].store.clock(),
-        min_upvotes=params.min_upvotes, days=params.days, sort=params.sort, limit=params.limit,
-        announce=params.announce,
-    )
-
-
 def build_preview(args: MultiDict) -> Preview:
     """Validate ``args`` exactly as /feed does and find the papers it would list."""
     try:
         params = parse_request_args(args)
-        sources = _sources_for(params)
+        sources = sources_for(params)
     except BadParameter as exc:
         named = _NAMED_PARAMETER.match(str(exc))
         control = named.group(1) if named and named.group(1) in CONTROLS else "q"
@@ -115,7 +105,7 @@ def build_preview(args: MultiDict) -> Preview:
     opml_pairs = pairs if pairs and pairs[0][0] == "q" else [("q", ""), *pairs]
     found = dict(feed_url=_absolute("feed", pairs), opml_url=_absolute("opml", opml_pairs))
     try:
-        return Preview(**found, papers=tuple(find_papers(params, sources)))
+        return Preview(**found, papers=tuple(find_papers(params, current_snapshots(sources))))
     except NoData as exc:
         return Preview(**found, no_data=exc)
 
@@ -176,7 +166,7 @@ def opml() -> Response:
         return plain(f"too many feeds: {len(queries)} 'q' parameters, at most {MAX_OPML_QUERIES} are accepted", 400)
     shared = [(k, v) for k, v in request.args.items(multi=True) if k != "q"]
     try:
-        sources = _sources_for(parse_request_args(MultiDict(shared)))
+        sources = sources_for(parse_request_args(MultiDict(shared)))
     except BadParameter as exc:
         return plain(str(exc), exc.status)
     source_title = " + ".join(source.title for source in sources)

@@ -240,7 +240,8 @@ class SnapshotStore:
                 fetched.extend(page.papers)
                 if not page.papers:
                     break
-                newest = max([page.papers[0].published] + ([newest] if newest else []))
+                # Max, not the first: an RSS feed need not list newest first.
+                newest = max([max(p.published for p in page.papers)] + ([newest] if newest else []))
                 oldest = min(p.published for p in page.papers)
                 if oldest < window_start(newest, now, self.window):
                     break  # this page reaches past the window: everything older is outside it

@@ -18,9 +18,10 @@ from werkzeug.http import http_date
 
 from .errors import NoData
 from .feedcache import FeedCache, RenderedFeed
-from .params import SORTS, BadParameter, FeedRequest, parse_feed_request  # noqa: F401 (the page imports these here)
+from .params import BadParameter, FeedRequest, parse_feed_request
 from .render import FORMATS, FeedInfo
-from .snapshot import SnapshotStore
+from .papers import Paper
+from .snapshot import Snapshot, SnapshotStore
 from .sources import Source, SourceRegistry, current_snapshots, search_snapshots
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _feed_cache() -> FeedCache:
 def feed() -> Response:
     try:
         params = parse_request_args(request.args)
-        sources = _sources_for(params)
+        sources = sources_for(params)
     except BadParameter as exc:
         return plain(str(exc), exc.status)
     try:
@@ -93,7 +94,8 @@ def feed() -> Response:
     return feed_response(rendered, max_age=min(_max_age(source.store) for source, _ in current))
 
 
-def _sources_for(params: FeedRequest) -> list[Source]:
+def sources_for(params: FeedRequest) -> list[Source]:
+    """The sources a request names; BadParameter (403) for a url= this server does not allow."""
     registry = _registry()
     if params.url is None:
         return registry.get(params.sources)
@@ -113,13 +115,19 @@ class _Refused(BadParameter):
     status = 403
 
 
-def render_feed(params: FeedRequest, current: list[tuple[Source, object]]) -> RenderedFeed:
+def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> list[Paper]:
+    """The papers a feed lists for ``params``, in its order (shared with the web page's preview)."""
+    return search_snapshots(
+        [snapshot for _, snapshot in current], params.query, now=current[0][0].store.clock(),
+        min_upvotes=params.min_upvotes, days=params.days, sort=params.sort, limit=params.limit,
+        announce=params.announce,
+    )
+
+
+def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> RenderedFeed:
     """Filter the snapshots and render the feed the parameters ask for."""
     snapshots = [snapshot for _, snapshot in current]
-    papers = search_snapshots(
-        snapshots, params.query, now=current[0][0].store.clock(), min_upvotes=params.min_upvotes,
-        days=params.days, sort=params.sort, limit=params.limit, announce=params.announce,
-    )
+    papers = find_papers(params, current)
     canonical = params.canonical_params()
     newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
     # The newest entry's time; for an empty result the window's newest, so it

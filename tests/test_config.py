@@ -39,12 +39,28 @@ def test_values_are_read(tmp_path):
         ("FEEDPROXY_UPSTREAM_URL", "/does/not/exist.json", "does not exist"),
         ("FEEDPROXY_WINDOWDAYS", "3", "unknown setting FEEDPROXY_WINDOWDAYS"),
         ("FEEDPROXY_DATA_DIR", "/proc/feedproxy", "cannot be created"),
+        ("FEEDPROXY_FEEDS", "arxiv", "is not name=url"),
+        ("FEEDPROXY_FEEDS", "a=ftp://x.org/f", "must be http:// or https://"),
+        ("FEEDPROXY_FEEDS", "hf-daily=https://x.org/f", "used twice"),
+        ("FEEDPROXY_FEEDS", "a=https://x.org/1,a=https://x.org/2", "used twice"),
+        ("FEEDPROXY_FEEDS", "Bad Name=https://x.org/1", "must be 1 to 40 of"),
+        ("FEEDPROXY_ALLOW_URL_HOSTS", "http://x.org/path", "is not a host name"),
     ],
 )
 def test_bad_values_name_the_setting(name, value, words):
     with pytest.raises(ConfigError) as err:
         Config.from_env({name: value})
     assert name in str(err.value) and words in str(err.value)
+
+
+def test_feeds_and_allowed_hosts_are_read():
+    config = Config.from_env({
+        "FEEDPROXY_FEEDS": " arxiv-cs-lg=https://rss.arxiv.org/atom/cs.LG , Blog=http://blog.example/feed ",
+        "FEEDPROXY_ALLOW_URL_HOSTS": "rss.arxiv.org, *.example.org",
+    })
+    assert config.feeds == (("arxiv-cs-lg", "https://rss.arxiv.org/atom/cs.LG"), ("blog", "http://blog.example/feed"))
+    assert config.allow_url_hosts == frozenset({"rss.arxiv.org", "*.example.org"})
+    assert Config.from_env({}).allow_url_hosts == frozenset()
 
 
 def test_every_documented_setting_is_in_the_readme():

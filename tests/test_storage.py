@@ -1,7 +1,6 @@
 """The saved snapshot: atomic round trip, corrupt files moved aside, restarts, workers sharing one folder."""
 
 import gzip
-import json
 import threading
 
 import pytest

@@ -1,0 +1,118 @@
+"""Several sources: configured RSS/Atom feeds, /sources, merging, announce types, url= rules."""
+
+
+import feedparser
+import pytest
+
+from feedproxy import create_app
+
+from .atomcheck import check_atom, entry_ids
+from .conftest import make_config
+from .fakefeeds import FakeFeeds, fixture
+
+LG_IDS = ["2508.13601", "2508.13644", "2508.12990", "2406.01122", "2312.04410", "2508.13777"]
+
+
+@pytest.fixture
+def feeds():
+    with FakeFeeds() as fake:
+        fake.serve("/atom/cs.LG", fixture("arxiv-cs.LG.atom"), content_type="application/atom+xml", etag=True)
+        fake.serve("/rss/cs.CL", fixture("arxiv-cs.CL.rss"))
+        yield fake
+
+
+@pytest.fixture
+def client(upstream, clock, feeds, tmp_path):
+    config = make_config(upstream.url, data_dir=str(tmp_path), feeds=(
+        ("arxiv-cs-lg", feeds.url("/atom/cs.LG")), ("arxiv-cs-cl", feeds.url("/rss/cs.CL"))))
+    return create_app(config, clock=clock).test_client()
+
+
+def test_sources_are_listed(client, feeds):
+    listing = client.get("/sources").get_json()["sources"]
+    assert [s["name"] for s in listing] == ["hf-daily", "arxiv-cs-lg", "arxiv-cs-cl"]
+    assert listing[0]["default"] and not listing[1]["default"]
+    assert listing[1]["url"] == feeds.url("/atom/cs.LG")
+    assert listing[1]["feed"] == "http://localhost/feed?source=arxiv-cs-lg"
+
+
+def test_a_configured_arxiv_listing_is_filtered_like_daily_papers(client, tmp_path):
+    response = client.get("/feed?source=arxiv-cs-lg&limit=500")
+    root = check_atom(response.data)
+    ids = entry_ids(root)
+    assert sorted(ids) == sorted(f"https://arxiv.org/abs/{i}" for i in LG_IDS)
+    parsed = feedparser.parse(response.data)
+    assert not parsed.bozo and parsed.feed.title.startswith("arxiv-cs-lg")
+    assert (tmp_path / "arxiv-cs-lg" / "snapshot.json.gz").exists()  # persisted like Daily Papers
+    everything = client.get("/feed?source=arxiv-cs-lg&limit=500&format=json").get_json()["items"]
+    one = everything[0]
+    assert "Announce Type" not in one["summary"] and "arXiv:" not in one["summary"][:10]
+    assert 'href="https://arxiv.org/pdf/' in one["content_html"]
+
+
+def test_announce_type_filter(client):
+    items = client.get("/feed?source=arxiv-cs-lg&announce=new&format=json").get_json()["items"]
+    assert len(items) == 3
+    both = client.get("/feed?source=arxiv-cs-lg&announce=cross,replace-cross&format=json").get_json()["items"]
+    assert len(both) == 2
+    bad = client.get("/feed?source=arxiv-cs-lg&announce=old")
+    assert bad.status_code == 400 and "'announce' must list new, cross, replace, replace-cross" in bad.text
+
+
+def test_unknown_source_is_404_naming_the_known_ones(client):
+    response = client.get("/feed?source=arxiv-math")
+    assert response.status_code == 404
+    assert response.text == "unknown source 'arxiv-math'; known sources: hf-daily, arxiv-cs-lg, arxiv-cs-cl\n"
+
+
+def test_merged_sources_list_a_paper_once_first_source_wins(upstream, clock, feeds, items, tmp_path):
+    hf = next(i for i in items if i["paper"]["id"] == "2608.19880")
+    rss = fixture("arxiv-cs.CL.rss").replace(b"2508.13435", b"2608.19880")
+    feeds.serve("/rss/cs.CL", rss)
+    config = make_config(upstream.url, feeds=(("arxiv-cs-cl", feeds.url("/rss/cs.CL")),))
+    client = create_app(config, clock=clock).test_client()
+    hf_first = entry_ids(check_atom(client.get("/feed?source=hf-daily,arxiv-cs-cl&limit=500").data))
+    arxiv_first = entry_ids(check_atom(client.get("/feed?source=arxiv-cs-cl,hf-daily&limit=500").data))
+    assert len(hf_first) == len(arxiv_first) == 40 + 6 - 1
+    assert "https://huggingface.co/papers/2608.19880" in hf_first and "https://arxiv.org/abs/2608.19880" not in hf_first
+    assert "https://arxiv.org/abs/2608.19880" in arxiv_first
+    assert hf["paper"]["id"] == "2608.19880"
+    # Newest first across sources: Daily Papers (2026) before the arXiv listing (2025).
+    assert hf_first[0].startswith("https://huggingface.co/papers/")
+
+
+def test_the_same_query_language_on_every_source(client):
+    found = client.get('/feed?source=arxiv-cs-cl&q="language model"&format=json').get_json()["items"]
+    assert found and all("language model" in (i["title"] + i.get("summary", "")).lower().replace("-", " ")
+                         for i in found)
+
+
+def test_a_source_that_is_down_leaves_the_others_serving(upstream, clock, feeds):
+    config = make_config(upstream.url, feeds=(("down", feeds.url("/nowhere")),))
+    client = create_app(config, clock=clock).test_client()
+    assert client.get("/feed?source=down").status_code == 503
+    merged = client.get("/feed?source=hf-daily,down&limit=500")
+    assert merged.status_code == 200 and len(entry_ids(check_atom(merged.data))) == 40
+    health = client.get("/healthz").get_json()
+    assert health["sources"]["down"]["status"] == "no data" and "HTTP 404" in health["sources"]["down"]["last_error"]
+
+
+def test_url_parameter_is_refused_while_disabled(client):
+    response = client.get("/feed?url=https://rss.arxiv.org/atom/cs.LG")
+    assert response.status_code == 403 and "FEEDPROXY_ALLOW_URL_HOSTS" in response.text
+
+
+def test_url_parameter_only_for_allowed_hosts_and_public_addresses(upstream, clock):
+    client = create_app(make_config(upstream.url, allow_url_hosts=frozenset({"localhost"})), clock=clock).test_client()
+    other = client.get("/feed?url=https://rss.arxiv.org/atom/cs.LG")
+    assert other.status_code == 403 and "not allowed" in other.text
+    port = client.get(f"/feed?url=http://localhost:{upstream.url.split(':')[2].split('/')[0]}/feed")
+    assert port.status_code == 403 and "port" in port.text
+    loopback = client.get("/feed?url=http://localhost/feed")
+    assert loopback.status_code in (403, 503) and "127.0.0.1" in loopback.text
+
+
+def test_url_and_source_together_are_refused(upstream, clock):
+    client = create_app(make_config(upstream.url, allow_url_hosts=frozenset({"example.org"})), clock=clock).test_client()
+    response = client.get("/feed?url=https://example.org/feed&source=hf-daily,x")
+    assert response.status_code in (400, 404)
