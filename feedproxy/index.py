@@ -31,7 +31,7 @@ from .query import And, Node, Not, Or, Phrase, Query, Term, TextAnalyser, positi
 
 SORTS = ("date", "upvotes", "relevance")
 
-# The order of fields in a paper's stem string. None is the key of "any field".
+# The order of fields in a paper's stem string.
 _LAYOUT = ("title", "abstract", "keyword", "author")
 _SEPARATOR = "\0"
 # A stem's postings stay an array until the bitset would be at most this many
@@ -44,6 +44,9 @@ _MAX_PHRASE_VARIANTS = 64
 _K1, _B = 1.2, 0.75
 _TITLE_EXTRA = 2
 
+# Stems in text take code points up to here, joined stems the ones above: half
+# a million of each, where 10,000 papers hold 50,000 and 30,000.
+_LAST_STEM_CODE = 0x88000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _BIT_DIGITS = bytes.maketrans(b"\0\1", b"01")
@@ -58,46 +61,76 @@ class PaperIndex:
         self._index_filters()
 
     def _index_text(self) -> None:
-        """Build the postings, the stem strings and the compound splits."""
-        typecode = "H" if len(self.papers) <= 1 << 16 else "I"
+        """Build the stem strings and compound splits, then the postings.
+
+        Two passes, so their working memory never adds up: the first analyses
+        text into stem strings, the second reads the postings off those strings
+        one field at a time. A worker holds the old index while it builds anew.
+        """
         analyser = TextAnalyser()
-        # The first stems seen are the common ones; early code points keep most
-        # stem strings at 2 bytes a character.
+        # Each stem in text gets a character; the first seen are the common
+        # ones, and early code points keep most stem strings at 2 bytes a
+        # character. Joined stems of compounds, which the stem strings spell in
+        # parts, get characters counting down from the last code point.
         codes: dict[str, str] = {}
-        holders = {field: defaultdict(lambda: array(typecode)) for field in _LAYOUT}
-        splits: defaultdict[str, set[str]] = defaultdict(set)
+        joined_codes: dict[str, str] = {}
+        # Per paper, the joined stems of its compounds, fields separated by NUL.
+        joined_texts: list[str] = []
+        # A compound's joined stem -> its parts as stem strings, NUL-separated,
+        # for phrases: "pretrained model" must find "pre-trained model".
+        self._splits: dict[str, str] = {}
         self._texts: list[str] = []
         # _ends[field][n]: where field ends in paper n's stem string.
         self._ends = {field: array("I") for field in _LAYOUT}
-        for number, paper in enumerate(self.papers):
-            field_texts = []
-            for field, texts in zip(_LAYOUT, _field_texts(paper)):
+        for paper in self.papers:
+            field_texts, field_joined = [], []
+            for texts in _field_texts(paper):
                 analyses = [analyser.analyse(text) for text in texts]
-                stems = {s for a in analyses for s in a.stems}
+                joined = set()
                 for a in analyses:
                     for s in a.stems:
                         if s not in codes:
                             codes[s] = _stem_char(len(codes) + 1)
                     for compound in a.compounds:
-                        stems.add(compound.joined)
-                        splits[compound.joined].add("".join(map(codes.__getitem__, compound.parts)))
-                for s in stems:
-                    holders[field][s].append(number)
+                        if compound.joined not in joined_codes:
+                            joined_codes[compound.joined] = _joined_char(len(joined_codes) + 1)
+                        joined.add(joined_codes[compound.joined])
+                        self._add_split(compound.joined, "".join(map(codes.__getitem__, compound.parts)))
                 field_texts.append(_SEPARATOR.join("".join(map(codes.__getitem__, a.stems)) for a in analyses))
+                field_joined.append("".join(joined))
             self._texts.append(_SEPARATOR.join(field_texts))
+            joined_texts.append(_SEPARATOR.join(field_joined))
             end = -1
             for field, field_text in zip(_LAYOUT, field_texts):
                 end += 1 + len(field_text)
                 self._ends[field].append(end)
+        del analyser
 
-        self._fields = {field: _FieldPostings(holders.pop(field), typecode) for field in _LAYOUT}
         # Stem -> code point as a sorted list and an array: a dict would cost
         # eight times the memory, and a lookup happens only once per query term.
         self._stems = sorted(codes)
         self._codes = array("I", (ord(codes[s]) for s in self._stems))
-        # A compound's joined stem -> its parts as stem strings, NUL-separated,
-        # for phrases: "pretrained model" must find "pre-trained model".
-        self._splits = {joined: _SEPARATOR.join(sorted(parts)) for joined, parts in splits.items()}
+        stem_at = {ord(code): s for s, code in itertools.chain(codes.items(), joined_codes.items())}
+        del codes, joined_codes
+
+        typecode = "H" if len(self.papers) <= 1 << 16 else "I"
+        self._fields = {}
+        for at, field in enumerate(_LAYOUT):
+            holders: defaultdict[str, array[int]] = defaultdict(lambda: array(typecode))
+            for number, (text, joined) in enumerate(zip(self._texts, joined_texts)):
+                start, end = self._field_range(number, field)
+                in_field = set(text[start:end]).union(joined.split(_SEPARATOR)[at])
+                in_field.discard(_SEPARATOR)
+                for s in set(map(stem_at.__getitem__, map(ord, in_field))):
+                    holders[s].append(number)
+            self._fields[field] = _FieldPostings(holders, typecode)
+
+    def _add_split(self, joined: str, parts: str) -> None:
+        known = self._splits.get(joined)
+        if known is None:
+            self._splits[joined] = parts
+        elif parts not in known.split(_SEPARATOR):
+            self._splits[joined] = known + _SEPARATOR + parts
 
     def _index_filters(self) -> None:
         """Build what the filters and sorts need: dates, upvotes, text lengths."""
@@ -187,11 +220,18 @@ class PaperIndex:
         at = bisect_left(self._stems, stem)
         return chr(self._codes[at]) if at < len(self._stems) and self._stems[at] == stem else ""
 
+    def with_phrase(self, numbers: Iterable[int], variants: tuple[str, ...], field: str | None) -> list[int]:
+        """Return those of papers ``numbers`` that spell one of ``variants`` in ``field``."""
+        if field is not None or len(variants) != 1:
+            return [n for n in numbers if self.has_phrase(n, variants, field)]
+        texts, variant = self._texts, variants[0]
+        return [n for n in numbers if variant in texts[n]]
+
     def has_phrase(self, number: int, variants: tuple[str, ...], field: str | None) -> bool:
         """Tell whether paper ``number`` spells one of ``variants`` in ``field`` (None: any)."""
         text = self._texts[number]
         if field is None:
-            return variants[0] in text or any(v in text for v in variants[1:])
+            return any(v in text for v in variants)
         start, end = self._field_range(number, field)
         return any(text.find(v, start, end) >= 0 for v in variants)
 
@@ -249,11 +289,11 @@ class PaperIndex:
             starts, ends = [r[0] for r in ranges], [r[1] for r in ranges]
         counts = [0] * len(texts)
         for variant in variants:
-            repeat = itertools.repeat(variant)
-            in_range = map(str.count, texts, repeat, starts, ends)
+            needle = itertools.repeat(variant)
+            in_range = map(str.count, texts, needle, starts, ends)
             if field is None:
                 # The range is the title: add the whole text once more.
-                in_range = (0 * t + a for t, a in zip(in_range, map(str.count, texts, repeat)))
+                in_range = (_TITLE_EXTRA * t + a for t, a in zip(in_range, map(str.count, texts, needle)))
             counts = [c + f for c, f in zip(counts, in_range)]
         return counts
 
@@ -324,10 +364,9 @@ class _Search:
         if sure == maybe:
             return sure
         unsure = _positions(maybe & ~sure)
-        if isinstance(root, Phrase) and root.field is None:
+        if isinstance(root, Phrase):
             # A lone phrase, the common case: skip the per-node bookkeeping.
-            texts, variants = self.index._texts, self._variants[id(root)]
-            confirmed = [n for n in unsure if any(v in texts[n] for v in variants)]
+            confirmed = self.index.with_phrase(unsure, self._variants[id(root)], root.field)
         else:
             confirmed = [n for n in unsure if self.holds(root, n)]
         return sure | _bits_from_positions(confirmed)
@@ -387,10 +426,19 @@ def _field_texts(paper: Paper) -> tuple[Sequence[str], ...]:
 
 
 def _stem_char(number: int) -> str:
-    # Skip the surrogate block: those code points cannot stand alone in text.
-    # Past the last code point (a million stems) stems share one character,
-    # which only makes phrase checks over them lenient.
-    return chr(min(number if number < 0xD800 else number + 0x800, 0x10FFFF))
+    """Return the character of the ``number``th stem (from 1), skipping surrogates."""
+    code = number if number < 0xD800 else number + 0x800
+    if code >= _LAST_STEM_CODE:
+        raise ValueError("too many distinct words to index")
+    return chr(code)
+
+
+def _joined_char(number: int) -> str:
+    """Return the character of the ``number``th joined stem (from 1), from the top down."""
+    code = 0x110000 - number
+    if code <= _LAST_STEM_CODE:
+        raise ValueError("too many distinct compounds to index")
+    return chr(code)
 
 
 def _micros(moment: datetime) -> int:

@@ -14,8 +14,12 @@ flow`` means video AND (diffusion OR flow).
 
 Words are compared by Snowball English stem after ``normalise_text``. A word with
 hyphens is one term, its joined stem: ``pre-training`` and ``pretraining`` are the
-same query, and the index lists every compound under its joined stem too, so
-both find "pre-training", "pretrained" and "Pretrainer's".
+same query. The index lists each compound in text under its parts, its joined
+stem and the joined stem of every run of parts, so "pretraining" finds
+"pre-training", "training" finds "pre-training", and "vision-language" finds
+"vision-language-action". A phrase finds its words adjacent within one title,
+abstract, keyword or author name; punctuation between them does not count, and
+a joined word in a phrase also finds its hyphenated spelling.
 
 Decisions the spec leaves open:
 
@@ -30,8 +34,13 @@ Decisions the spec leaves open:
 - ``-a OR b`` is an error: each side of OR must search for something, because
   "everything except a" is almost never what the user meant. Inside an AND an
   exclusion is fine, as is ``NOT NOT a`` (which is ``a``).
-- ``normalised`` is written in stems ("languag model -survey"): that is what is
-  compared, so spellings that match the same papers share one cache key.
+- ``normalised`` writes each word normalised and joined, as the user spelled
+  it ("Pre-Training  -Survey" gives "pretraining -survey"), not as a stem:
+  it parses back to the same query, which stems would not always do, and
+  reads well in a feed title. "pretrained" and "pretraining" are then two
+  cache keys for one search; their ``root`` trees compare equal.
+- Only real HTML formatting tags are removed: "<think>" or "n<m" in an
+  abstract are text.
 
 Error messages give a 1-based column and an excerpt; ``QueryError.position`` is
 the same place 0-based. Nothing from the user is compiled into a regex.
@@ -45,6 +54,7 @@ import itertools
 import re
 import threading
 import unicodedata
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
@@ -52,6 +62,7 @@ import snowballstemmer
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30
+MAX_NESTING = 32  # parentheses inside parentheses: bounds the recursion in parsing and searching
 FIELDS = ("title", "abstract", "author", "keyword")
 
 
@@ -102,7 +113,7 @@ _MAX_RUN_PARTS = 6
 
 @functools.cache
 def _combining_marks() -> dict[int, None]:
-    # Built on first use: scanning the code space costs ~50 ms, and most text is ASCII.
+    # Built on first use: most text is ASCII and never needs it.
     marks = {c: None for c in range(0x300, 0x20000) if unicodedata.combining(chr(c))}
     marks.update({c: None for c in range(0xE0100, 0xE01F0)})
     return marks
@@ -117,8 +128,8 @@ def normalise_text(text: str) -> str:
     if text.isascii():
         return text.lower()
     text = unicodedata.normalize("NFKC", text).translate(_PUNCTUATION_FOLD)
-    text = unicodedata.normalize("NFKD", text.casefold().translate(_LETTER_FOLD))
-    return unicodedata.normalize("NFC", text.translate(_combining_marks()))
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(_combining_marks())
+    return unicodedata.normalize("NFC", text).translate(_LETTER_FOLD)
 
 
 def _clean_word(word: str) -> str:
@@ -168,7 +179,9 @@ class TextAnalyser:
     """
 
     def __init__(self) -> None:
-        self._words: dict[str, tuple[tuple[str, ...], tuple[Compound, ...]]] = {}
+        # A plain word -> its stem; a hyphenated token -> (part stems, compounds).
+        # One dict, and a bare str for the common case, to keep builds small.
+        self._known: dict[str, str | tuple[tuple[str, ...], tuple[Compound, ...]]] = {}
         self._stems: dict[str, str] = {}
 
     def analyse(self, text: str) -> Analysis:
@@ -180,25 +193,31 @@ class TextAnalyser:
         stems: list[str] = []
         compounds: list[Compound] = []
         for token in _COMPOUND.findall(normalise_text(text)):
-            known = self._words.get(token)
+            known = self._known.get(token)
             if known is None:
-                known = self._words[token] = self._analyse_word(token)
-            stems.extend(known[0])
-            if known[1]:
+                known = self._known[token] = self._analyse_token(token)
+            if isinstance(known, str):
+                stems.append(known)
+            else:
+                stems.extend(known[0])
                 compounds.extend(known[1])
         return Analysis(stems, compounds)
 
     def _stem(self, word: str) -> str:
-        found = self._stems.get(word)
+        found = self._known.get(word)
         if found is None:
-            found = self._stems[word] = _stem_word(word)
+            # One string per stem, however many words share it, so an index
+            # keyed by stems in several places holds each stem once.
+            found = _stem_word(word)
+            found = self._known[word] = self._stems.setdefault(found, found)
+        assert isinstance(found, str)  # words hold no hyphen, so never a compound's key
         return found
 
-    def _analyse_word(self, token: str) -> tuple[tuple[str, ...], tuple[Compound, ...]]:
+    def _analyse_token(self, token: str) -> str | tuple[tuple[str, ...], tuple[Compound, ...]]:
+        if "-" not in token:
+            return self._stem(_clean_word(token))
         words = [_clean_word(w) for w in token.split("-")]
         parts = tuple(self._stem(w) for w in words)
-        if len(words) == 1:
-            return parts, ()
         if len(words) > _MAX_RUN_PARTS:
             return parts, (Compound(self._stem("".join(words)), parts),)
         return parts, tuple(
@@ -224,12 +243,16 @@ def tokenize(text: str) -> list[str]:
     return words
 
 
-def query_stems(text: str) -> tuple[str, ...]:
-    """Return the stems a query word or phrase searches for, a compound by its joined stem."""
-    return tuple(
-        stem("".join(_clean_word(w) for w in match.group().split("-")))
-        for match in _COMPOUND.finditer(normalise_text(text))
-    )
+def query_words(text: str) -> tuple[tuple[str, str], ...]:
+    """Return the (word, stem) pairs a query word or phrase searches for.
+
+    A compound is one word, joined: "Pre-Training" gives ("pretraining", "pretrain").
+    """
+    pairs = []
+    for match in _COMPOUND.finditer(normalise_text(text)):
+        word = "".join(_clean_word(w) for w in match.group().split("-"))
+        pairs.append((word, stem(word)))
+    return tuple(pairs)
 
 
 # --- The parsed query ---------------------------------------------------------
@@ -237,10 +260,11 @@ def query_stems(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Term:
-    """One stem, in one field or (field None) in any."""
+    """One stem, in one field or (field None) in any; ``word`` is how it is written back."""
 
     stem: str
     field: str | None = None
+    word: str = dataclasses.field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -249,6 +273,7 @@ class Phrase:
 
     stems: tuple[str, ...]
     field: str | None = None
+    words: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -401,9 +426,8 @@ def _lex_phrase(text: str, start: int, quote: int, field: str | None, tokens: li
 def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
     name = text[start : value - 1].lower()
     if name not in FIELDS:
-        raise _error(
-            text, start, f'unknown field "{text[start:value - 1]}:"', f"the fields are {_FIELD_LIST} (put text with a colon in quotes)"
-        )
+        problem = f'unknown field "{text[start:value - 1]}:"'
+        raise _error(text, start, problem, f"the fields are {_FIELD_LIST} (put text with a colon in quotes)")
     if value == len(text) or text[value].isspace() or text[value] in ")|":
         raise _error(text, start, f'"{name}:" needs a word or a quoted phrase right after the colon')
     if text[value] == "(":
@@ -430,6 +454,7 @@ class _Parser:
         self.tokens = _lex(text)
         self.index = 0
         self.term_count = 0
+        self.nesting = 0
         self.first_negation: int | None = None
 
     def parse(self) -> Node:
@@ -526,7 +551,11 @@ class _Parser:
         if token.kind == "(":
             if self._peek().kind == ")":
                 raise self._error(token.pos, "empty parentheses")
+            self.nesting += 1
+            if self.nesting > MAX_NESTING:
+                raise self._error(token.pos, f"parentheses nested more than {MAX_NESTING} deep")
             inner = self._conjunction()
+            self.nesting -= 1
             if self._peek().kind != ")":
                 raise self._error(token.pos, "this parenthesis is never closed", 'close it with ")"')
             self._next()
@@ -536,25 +565,25 @@ class _Parser:
         if token.kind == "PHRASE":
             if not token.text.strip():
                 raise self._error(token.pos, "empty phrase", "put words between the quotes")
-            stems = query_stems(token.text)
-            if not stems:
+            words = query_words(token.text)
+            if not words:
                 raise self._error(token.pos, "this phrase has no letters or digits")
-            return self._leaf(token, stems)
+            return self._leaf(token, words)
         assert token.kind == "WORD", token  # the callers stop at every other kind
-        stems = query_stems(token.text)
-        if not stems:
+        words = query_words(token.text)
+        if not words:
             if token.field:
                 raise self._error(token.pos, f'"{token.field}:" needs a word with letters or digits')
             return None
-        return self._leaf(token, stems)
+        return self._leaf(token, words)
 
-    def _leaf(self, token: _Token, stems: tuple[str, ...]) -> Term | Phrase:
-        self.term_count += len(stems)
+    def _leaf(self, token: _Token, words: tuple[tuple[str, str], ...]) -> Term | Phrase:
+        self.term_count += len(words)
         if self.term_count > MAX_TERMS:
             raise self._error(token.pos, f"the query has more than {MAX_TERMS} terms", "remove some words")
-        if len(stems) == 1:
-            return Term(stems[0], token.field)
-        return Phrase(stems, token.field)
+        if len(words) == 1:
+            return Term(words[0][1], token.field, words[0][0])
+        return Phrase(tuple(s for _, s in words), token.field, tuple(w for w, _ in words))
 
 
 def _is_positive(node: Node) -> bool:
@@ -581,11 +610,17 @@ def _any_of(operands: list[Node]) -> Node:
 
 
 def _render(node: Node, parent: type | None = None) -> str:
-    """Write ``node`` in canonical query syntax, grouping made explicit."""
+    """Write ``node`` in canonical query syntax, grouping made explicit.
+
+    Words are written normalised and joined ("Pre-Training" as "pretraining"),
+    not as stems: Snowball is not idempotent ("acceler" is not the stem of
+    "acceler"), and the canonical form must parse back to the same query.
+    """
     if isinstance(node, Term):
-        return f"{node.field}:{node.stem}" if node.field else node.stem
+        word = node.word or node.stem
+        return f"{node.field}:{word}" if node.field else word
     if isinstance(node, Phrase):
-        quoted = '"' + " ".join(node.stems) + '"'
+        quoted = '"' + " ".join(node.words or node.stems) + '"'
         return f"{node.field}:{quoted}" if node.field else quoted
     if isinstance(node, Not):
         return "-" + _render(node.operand, Not)
