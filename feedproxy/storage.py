@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +30,20 @@ log = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
 SNAPSHOT_NAME = "snapshot.json.gz"
+INDEX_NAME = "index.pickle"
 LOCK_NAME = "refresh.lock"
+
+
+def _code_fingerprint() -> str:
+    """A hash of the modules whose classes an index pickle holds: a code change invalidates old pickles."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("index.py", "query.py", "papers.py", "storage.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_FINGERPRINT = _code_fingerprint()
 
 
 def default_data_dir() -> Path:
@@ -39,6 +54,22 @@ def default_data_dir() -> Path:
 
 class StorageError(Exception):
     """A saved snapshot could not be read or written; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class SavedIndex:
+    """The search index of a saved snapshot, kept beside it so a restart need not rebuild it.
+
+    Only a cache: the JSON snapshot is the record. It is trusted only when written
+    by this code (fingerprint) for the same source, window and snapshot version.
+    """
+
+    source: str
+    window_days: int
+    fetched_at: datetime
+    version: str
+    index: object  # a PaperIndex; typed loosely so this module needs no import of it
+    code: str = CODE_FINGERPRINT
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,11 @@ class SnapshotFile:
             "papers": [_paper_to_json(p) for p in saved.papers],
         }
         body = gzip.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), compresslevel=5, mtime=0)
+        self._write_atomically(self.path, body)
+
+    def _write_atomically(self, path: Path, body: bytes) -> None:
+        """Write ``body`` to ``path`` through a temporary file, fsync and rename."""
+        self.ensure_dir()
         try:
             fd, tmp = tempfile.mkstemp(prefix=".snapshot-", suffix=".tmp", dir=self.dir)
             try:
@@ -106,13 +142,13 @@ class SnapshotFile:
                     out.write(body)
                     out.flush()
                     os.fsync(out.fileno())
-                os.replace(tmp, self.path)
+                os.replace(tmp, path)
             except BaseException:
                 with _ignored(OSError):
                     os.unlink(tmp)
                 raise
         except OSError as exc:
-            raise StorageError(f"storage: cannot save {self.path}: {exc.strerror or exc}") from None
+            raise StorageError(f"storage: cannot save {path}: {exc.strerror or exc}") from None
 
     def load(self) -> SavedSnapshot | None:
         """Read the saved snapshot; None when there is none. A corrupt file is moved aside."""
@@ -137,6 +173,30 @@ class SnapshotFile:
                 f"storage: {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
                 f"moved it to {aside} and will fetch anew"
             ) from None
+
+    def save_index(self, saved: SavedIndex) -> None:
+        """Write the index cache atomically; it is written by this process from its own data only."""
+        self._write_atomically(self.dir / INDEX_NAME, pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load_index(self) -> SavedIndex | None:
+        """Read the index cache if it is at least as new as the snapshot file and from this code; else None.
+
+        A cache that cannot be read is simply rebuilt: it holds nothing the JSON file lacks.
+        """
+        path = self.dir / INDEX_NAME
+        try:
+            if path.stat().st_mtime < (self.mtime() or float("inf")):
+                return None
+            with path.open("rb") as handle:
+                saved = pickle.load(handle)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache means: rebuild it
+            log.warning("storage: ignoring unreadable index cache %s (%s)", path, type(exc).__name__)
+            return None
+        if not isinstance(saved, SavedIndex) or saved.code != CODE_FINGERPRINT:
+            return None
+        return saved
 
     def move_aside(self) -> Path | None:
         aside = self.path.with_name(f"{SNAPSHOT_NAME}.corrupt")

@@ -1,12 +1,15 @@
 """The saved snapshot: atomic round trip, corrupt files moved aside, restarts, workers sharing one folder."""
 
+import dataclasses
 import gzip
+import os
 import threading
 
 import pytest
 
 from feedproxy import create_app
 from feedproxy.papers import paper_from_item
+from feedproxy.query import parse_query
 from feedproxy.snapshot import SnapshotStore
 from feedproxy.storage import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
 from feedproxy.upstream import HttpListing
@@ -108,3 +111,38 @@ def test_a_worker_that_found_the_lock_taken_at_start_still_serves_once_the_file_
     a.current()  # a fetches and saves
     assert b.current().version == a.current().version  # no 5-second wait, no second fetch
     assert len(upstream.requests) == 1
+
+
+def test_a_restart_adopts_the_saved_index_without_rebuilding(tmp_path, upstream, clock, monkeypatch):
+    first = store_for(upstream, clock, tmp_path).current()
+    assert (tmp_path / "index.pickle").exists()
+    from feedproxy import index as index_module
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the index was rebuilt")
+
+    monkeypatch.setattr(index_module.PaperIndex, "__init__", no_rebuild)
+    restarted = store_for(upstream, clock, tmp_path)
+    snapshot = restarted.peek()
+    assert snapshot.version == first.version and snapshot.papers == first.papers
+    assert [p.id for p in snapshot.index.search(parse_query("model"))] == [
+        p.id for p in first.index.search(parse_query("model"))]
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("spoil", ["corrupt", "older than the snapshot", "other window", "other code"])
+def test_an_index_cache_that_does_not_match_is_ignored_and_rebuilt(tmp_path, upstream, clock, spoil):
+    first = store_for(upstream, clock, tmp_path).current()
+    cache = tmp_path / "index.pickle"
+    if spoil == "corrupt":
+        cache.write_bytes(b"\x80\x05garbage")
+    elif spoil == "older than the snapshot":
+        os.utime(cache, (1, 1))
+    elif spoil == "other code":
+        saved = SnapshotFile(tmp_path).load_index()
+        SnapshotFile(tmp_path).save_index(dataclasses.replace(saved, code="elsewhere"))
+    window = 999 if spoil == "other window" else 1000
+    source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
+    restarted = SnapshotStore(source, clock=clock, window_days=window, background=False, storage=SnapshotFile(tmp_path))
+    assert restarted.peek().version == first.version  # rebuilt from the JSON snapshot
+    assert SnapshotFile(tmp_path).load_index().window_days == window  # and the cache written anew
