@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from .errors import NoData, UpstreamError
 from .index import PaperIndex
 from .papers import Paper
-from .storage import SavedIndex, SavedSnapshot, SnapshotFile, StorageError
+from .storage import FailureState, SavedIndex, SavedSnapshot, SnapshotFile, StorageError
 from .upstream import ListingSource
 
 log = logging.getLogger(__name__)
@@ -218,11 +218,20 @@ class SnapshotStore:
                     return
                 if self.storage.mtime() != self._loaded_mtime:
                     self._load_saved()  # another worker saved since we last looked
-                if self._snapshot is None or self._due():
+                self._adopt_shared_failure()
+                if (self._snapshot is None and not self._backing_off()) or self._due():
                     self._fetch()
         except StorageError as exc:
             self._storage_failed(exc)
             self._fetch()  # serving fresh papers matters more than sharing them
+
+    def _adopt_shared_failure(self) -> None:
+        """Back off with the other workers: a failure one of them recorded counts here too."""
+        state = self.storage.load_failure()
+        if state is not None and state.failures >= self._failures and state.next_attempt > self.clock():
+            self._failures = state.failures
+            self._next_attempt = state.next_attempt
+            self.last_error, self.last_error_at = state.last_error, state.last_error_at
 
     def _fetch(self) -> None:
         held = self._snapshot.papers if self._snapshot else ()
@@ -338,7 +347,16 @@ class SnapshotStore:
 
     # -- outcomes --------------------------------------------------------------------
 
+    def _share_failure(self, state: FailureState | None) -> None:
+        if self.storage is not None:
+            try:
+                self.storage.save_failure(state)
+            except StorageError as exc:
+                self._storage_failed(exc)
+
     def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int) -> None:
+        if self._failures:
+            self._share_failure(None)
         self._failures = 0
         self._next_attempt = None
         self.last_success_at = now
@@ -358,6 +376,7 @@ class SnapshotStore:
         self._next_attempt = now + timedelta(seconds=delay)
         self.last_error = str(error)
         self.last_error_at = now
+        self._share_failure(FailureState(self._failures, self._next_attempt, self.last_error, now))
         log.warning(
             "refresh failed source=%s pages_ok=%d failures=%d retry_in=%ds error=%s",
             self.source.description, pages, self._failures, delay, error,

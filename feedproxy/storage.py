@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 FILE_FORMAT = 1
 SNAPSHOT_NAME = "snapshot.json.gz"
 INDEX_NAME = "index.pickle"
+FAILURE_NAME = "failure.json"
 LOCK_NAME = "refresh.lock"
 
 
@@ -54,6 +55,16 @@ def default_data_dir() -> Path:
 
 class StorageError(Exception):
     """A saved snapshot could not be read or written; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class FailureState:
+    """The upstream's current run of failures, shared so every worker backs off together."""
+
+    failures: int
+    next_attempt: datetime
+    last_error: str
+    last_error_at: datetime
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,27 @@ class SnapshotFile:
         if not isinstance(saved, SavedIndex) or saved.code != CODE_FINGERPRINT:
             return None
         return saved
+
+    def save_failure(self, state: FailureState | None) -> None:
+        """Record the run of failures (None: the upstream answered again, forget it)."""
+        path = self.dir / FAILURE_NAME
+        if state is None:
+            with _ignored(FileNotFoundError):
+                path.unlink()
+            return
+        body = json.dumps({"failures": state.failures, "next_attempt": state.next_attempt.isoformat(),
+                           "last_error": state.last_error, "last_error_at": state.last_error_at.isoformat()})
+        self._write_atomically(path, body.encode("utf-8"))
+
+    def load_failure(self) -> FailureState | None:
+        """The recorded run of failures, or None (none, or unreadable: then each worker backs off alone)."""
+        try:
+            data = json.loads((self.dir / FAILURE_NAME).read_bytes())
+            state = FailureState(int(data["failures"]), parse_timestamp(data["next_attempt"]),
+                                 str(data["last_error"]), parse_timestamp(data["last_error_at"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return state if state.next_attempt and state.last_error_at else None
 
     def move_aside(self) -> Path | None:
         aside = self.path.with_name(f"{SNAPSHOT_NAME}.corrupt")

@@ -10,6 +10,7 @@ import pytest
 from feedproxy import create_app
 from feedproxy.papers import paper_from_item
 from feedproxy.query import parse_query
+from feedproxy.errors import NoData
 from feedproxy.snapshot import SnapshotStore
 from feedproxy.storage import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
 from feedproxy.upstream import HttpListing
@@ -146,3 +147,23 @@ def test_an_index_cache_that_does_not_match_is_ignored_and_rebuilt(tmp_path, ups
     restarted = SnapshotStore(source, clock=clock, window_days=window, background=False, storage=SnapshotFile(tmp_path))
     assert restarted.peek().version == first.version  # rebuilt from the JSON snapshot
     assert SnapshotFile(tmp_path).load_index().window_days == window  # and the cache written anew
+
+
+def test_workers_back_off_together_during_an_outage(tmp_path, upstream, clock):
+    upstream.always = Fault(status=503)
+    workers = [store_for(upstream, clock, tmp_path) for _ in range(4)]
+    for worker in workers:
+        with pytest.raises(NoData) as err:
+            worker.current()
+        assert "HTTP 503" in err.value.reason
+    assert len(upstream.requests) == 1  # the others adopted the first one's backoff
+    clock.advance(5)
+    for worker in workers:
+        with pytest.raises(NoData):
+            worker.current()
+    assert len(upstream.requests) == 2  # one retry for all four, and the next wait is doubled
+    assert all(w.retry_after() == 10 for w in workers)
+    upstream.always = None
+    clock.advance(10)
+    assert all(len(w.current().papers) == 40 for w in workers)
+    assert len(upstream.requests) == 3 and not (tmp_path / "failure.json").exists()
