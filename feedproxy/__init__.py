@@ -25,7 +25,7 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     from .feedcache import FeedCache
     from .snapshot import utcnow
     from .page import bp as page_bp
-    from .web import bp, handle_http_error, handle_unexpected
+    from .web import _ParsedRequests, bp, handle_http_error, handle_unexpected
 
     config = Config.from_env() if config is None else config
     app = Flask(__name__)
@@ -40,6 +40,7 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     app.extensions["feedproxy.sources"] = registry
     app.extensions["feedproxy.store"] = registry.default.store
     app.extensions["feedproxy.feed_cache"] = FeedCache()
+    app.extensions["feedproxy.parsed_requests"] = _ParsedRequests()
     app.register_blueprint(bp)
     app.register_blueprint(page_bp)
     metrics.install(app)

@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Callable, Hashable
 
 from cachetools import LRUCache
+from werkzeug.http import http_date
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = 24 * 1024 * 1024
 
 
 @dataclass
@@ -32,9 +33,12 @@ class RenderedFeed:
     _gzipped: bytes | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    last_modified_http: str = field(init=False)
+
     def __post_init__(self) -> None:
         # Strong validator from the bytes alone: equal in every worker and instance.
         self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+        self.last_modified_http = http_date(self.last_modified)
 
     @property
     def gzip_etag(self) -> str:

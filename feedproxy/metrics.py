@@ -82,6 +82,18 @@ def metrics() -> Response:
                     headers={"Cache-Control": "no-store"})
 
 
+_children: dict = {}
+
+
+def _child(metric, *labels):
+    """metric.labels(*labels), remembered: routes and statuses are few, and labels() takes a lock each call."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def _start_timer() -> None:
     g.feedproxy_started = time.perf_counter()
 
@@ -92,11 +104,11 @@ def _observe(response: Response) -> Response:
         return response
     elapsed = time.perf_counter() - started
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(route, str(response.status_code)).inc()
+    _child(REQUESTS, route, str(response.status_code)).inc()
     cache = g.get("feedproxy_cache")
     if cache is not None:
-        FEED_CACHE.labels(cache).inc()
-    LATENCY.labels(route).observe(elapsed)
+        _child(FEED_CACHE, cache).inc()
+    _child(LATENCY, route).observe(elapsed)
     access_log.info(
         "request method=%s path=%s status=%d bytes=%s ms=%.1f cache=%s gzip=%s q=%r ua=%r",
         request.method, request.path, response.status_code, response.content_length or 0, elapsed * 1000,

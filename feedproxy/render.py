@@ -10,12 +10,16 @@ by hand can break a feed either.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
+from cachetools import LRUCache
+from feedgen.entry import FeedEntry
 from feedgen.feed import FeedGenerator
+from lxml import etree
 
 from . import __version__
 from .papers import Paper, strip_xml_forbidden
@@ -91,71 +95,115 @@ def _feed_generator(info: FeedInfo) -> FeedGenerator:
     return fg
 
 
-def _add_entries(fg: FeedGenerator, papers: Sequence[Paper], dc_creators: bool = False) -> None:
-    for paper in papers:
-        entry = fg.add_entry(order="append")  # the default prepends and would reverse the order
-        entry.id(paper.url)
-        entry.guid(paper.url, permalink=True)  # the Hugging Face page is a real permalink
-        entry.title(_text(paper.title))
-        entry.link(href=paper.url, rel="alternate", type="text/html")
-        for name in paper.authors:
-            entry.author({"name": _text(name)})
-            if dc_creators:
-                entry.dc.dc_creator(_text(name))
-        if paper.abstract:
-            entry.summary(_text(paper.abstract), type="text")
-        entry.content(entry_html(paper), type="html")
-        for keyword in paper.ai_keywords:
-            entry.category({"term": _text(keyword)})
-        entry.published(paper.published)
-        entry.updated(paper.published)
+def _feed_entry(paper: Paper, dc_creators: bool = False) -> FeedEntry:
+    """One paper as a feedgen entry, for Atom and RSS alike."""
+    entry = FeedEntry()
+    if dc_creators:
+        # RSS has no author element without an email address; dc:creator carries the names.
+        entry.load_extension("dc", atom=False, rss=True)
+    entry.id(paper.url)
+    entry.guid(paper.url, permalink=True)  # the paper's page is a real permalink
+    entry.title(_text(paper.title))
+    entry.link(href=paper.url, rel="alternate", type="text/html")
+    for name in paper.authors:
+        entry.author({"name": _text(name)})
+        if dc_creators:
+            entry.dc.dc_creator(_text(name))
+    if paper.abstract:
+        entry.summary(_text(paper.abstract), type="text")
+    entry.content(entry_html(paper), type="html")
+    for keyword in paper.ai_keywords:
+        entry.category({"term": _text(keyword)})
+    entry.published(paper.published)
+    entry.updated(paper.published)
+    return entry
+
+
+class EntryCache:
+    """Rendered entries by format and paper, bounded by bytes, shared by every feed of a process.
+
+    An entry depends only on its paper, so a paper in many feeds (every recent
+    paper is) is rendered once; a feed is its head plus cached entries. Keyed by
+    the Paper value, so a paper whose data changes is rendered anew.
+    """
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024):
+        self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._lock = threading.Lock()
+
+    def get(self, fmt: str, paper: Paper, render: Callable[[Paper], bytes]) -> bytes:
+        key = (fmt, paper)
+        with self._lock:
+            found = self._cache.get(key)
+        if found is None:
+            found = render(paper)
+            with self._lock:
+                if len(found) <= self._cache.maxsize:
+                    self._cache[key] = found
+        return found
+
+
+ENTRIES = EntryCache()
+
+
+def _atom_entry(paper: Paper) -> bytes:
+    return etree.tostring(_feed_entry(paper).atom_entry(), encoding="UTF-8", xml_declaration=False)
+
+
+def _rss_item(paper: Paper) -> bytes:
+    return etree.tostring(_feed_entry(paper, dc_creators=True).rss_entry(), encoding="UTF-8", xml_declaration=False)
+
+
+def _splice(document: bytes, end_tag: bytes, entries: Iterable[bytes]) -> bytes:
+    """Put rendered entries before the document's closing tags (feedgen renders the head, entry-less)."""
+    if not document.endswith(end_tag):
+        raise ValueError(f"feedgen output does not end with {end_tag!r}")
+    return document[: -len(end_tag)] + b"".join(entries) + end_tag
 
 
 def render_atom(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     """Return an Atom 1.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
     fg.link(href=info.self_url, rel="self", type="application/atom+xml")
-    _add_entries(fg, papers)
-    return fg.atom_str(pretty=False)
+    return _splice(fg.atom_str(pretty=False), b"</feed>", (ENTRIES.get("atom", p, _atom_entry) for p in papers))
 
 
 def render_rss(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     """Return an RSS 2.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
-    # RSS has no author element without an email address; dc:creator carries the names.
     fg.load_extension("dc", atom=False, rss=True)
     fg.link(href=info.self_url, rel="self", type="application/rss+xml")  # atom:link, as validators ask
-    _add_entries(fg, papers, dc_creators=True)
-    return fg.rss_str(pretty=False)
+    return _splice(fg.rss_str(pretty=False), b"</channel></rss>", (ENTRIES.get("rss", p, _rss_item) for p in papers))
 
 
 def _rfc3339(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+def _json_item(paper: Paper) -> bytes:
+    item = {
+        "id": paper.url,
+        "url": paper.url,
+        "title": _text(paper.title),
+        "content_html": entry_html(paper),
+        "date_published": _rfc3339(paper.published),
+        "date_modified": _rfc3339(paper.published),
+    }
+    if paper.is_arxiv and paper.arxiv_url != paper.url:
+        item["external_url"] = paper.arxiv_url
+    if paper.abstract:
+        item["summary"] = _text(paper.abstract)
+    if paper.thumbnail:
+        item["image"] = paper.thumbnail
+    if paper.authors:
+        item["authors"] = [{"name": _text(name)} for name in paper.authors]
+    if paper.ai_keywords:
+        item["tags"] = [_text(k) for k in paper.ai_keywords]
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     """Return a JSON Feed 1.1 document listing ``papers`` in the order given."""
-    items = []
-    for paper in papers:
-        item = {
-            "id": paper.url,
-            "url": paper.url,
-            "title": _text(paper.title),
-            "content_html": entry_html(paper),
-            "date_published": _rfc3339(paper.published),
-            "date_modified": _rfc3339(paper.published),
-        }
-        if paper.is_arxiv and paper.arxiv_url != paper.url:
-            item["external_url"] = paper.arxiv_url
-        if paper.abstract:
-            item["summary"] = _text(paper.abstract)
-        if paper.thumbnail:
-            item["image"] = paper.thumbnail
-        if paper.authors:
-            item["authors"] = [{"name": _text(name)} for name in paper.authors]
-        if paper.ai_keywords:
-            item["tags"] = [_text(k) for k in paper.ai_keywords]
-        items.append(item)
     document = {
         "version": JSON_FEED_VERSION,
         "title": _text(info.title),
@@ -164,9 +212,11 @@ def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
         "description": _text(info.subtitle),
         "language": "en",
         "authors": [{"name": "Hugging Face Daily Papers", "url": HF_PAPERS_PAGE}],
-        "items": items,
+        "items": [],
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "items" is the last key: open its list again and fill it with the cached items.
+    return _splice(head, b"]}", [b",".join(ENTRIES.get("json", p, _json_item) for p in papers)])
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,20 @@ def test_same_data_gives_identical_bytes_across_instances(upstream, clock, fmt):
     first, second = a.get(f"/feed?q=model&format={fmt}"), b.get(f"/feed?q=model&format={fmt}")
     assert first.data == second.data and first.headers["ETag"] == second.headers["ETag"]
     assert first.headers["Last-Modified"] == second.headers["Last-Modified"]
+
+
+def test_entries_are_rendered_once_and_again_only_when_the_paper_changes(items):
+    from dataclasses import replace
+
+    from feedproxy.papers import paper_from_item
+    from feedproxy.render import EntryCache
+
+    cache, calls = EntryCache(), []
+    paper = paper_from_item(items[0])
+    render = lambda p: calls.append(p.id) or p.title.encode()  # noqa: E731
+    assert cache.get("atom", paper, render) == cache.get("atom", paper, render) == paper.title.encode()
+    assert len(calls) == 1
+    cache.get("rss", paper, render)
+    changed = replace(paper, upvotes=paper.upvotes + 1)
+    cache.get("atom", changed, render)
+    assert len(calls) == 3  # another format, and changed data, are rendered anew

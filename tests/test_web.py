@@ -150,3 +150,8 @@ def test_text_xml_forbids_cannot_break_the_feed(clock):
     assert parsed.entries[0].title == "Bad chars and ]]> <b>tags</b> & co"
     assert "<script>" in parsed.entries[0].summary  # shown as text, never as markup
     assert b"<script>" not in body
+
+
+def test_a_repeated_bad_request_gets_the_same_message_every_time(client):
+    answers = {client.get("/feed?limit=0").get_data(as_text=True) for _ in range(3)}
+    assert answers == {"parameter 'limit' must be from 1 to 500, got 0\n"}
