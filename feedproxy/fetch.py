@@ -133,6 +133,23 @@ class HttpFetcher:
             else:
                 self._validators.pop(full, None)
 
+    def export_validators(self) -> dict[str, dict[str, str]]:
+        """The remembered validators, to save beside the data they describe."""
+        with self._lock:
+            return {url: dict(v) for url, v in self._validators.items()}
+
+    def restore_validators(self, saved: object) -> None:
+        """Adopt validators saved by another process for the same data (junk is ignored)."""
+        if not isinstance(saved, dict):
+            return
+        allowed = {"If-None-Match", "If-Modified-Since"}
+        with self._lock:
+            for url, validators in saved.items():
+                if isinstance(url, str) and isinstance(validators, dict):
+                    clean = {k: v for k, v in validators.items() if k in allowed and isinstance(v, str)}
+                    if clean:
+                        self._validators[url] = clean
+
     def forget(self, url: str, params: dict | None = None) -> None:
         """Drop the validators of one URL, so its next GET is unconditional."""
         with self._lock:

@@ -218,15 +218,21 @@ class SnapshotStore:
                     return
                 if self.storage.mtime() != self._loaded_mtime:
                     self._load_saved()  # another worker saved since we last looked
-                self._adopt_shared_failure()
+                self._adopt_shared_state()
                 if (self._snapshot is None and not self._backing_off()) or self._due():
                     self._fetch()
         except StorageError as exc:
             self._storage_failed(exc)
             self._fetch()  # serving fresh papers matters more than sharing them
 
-    def _adopt_shared_failure(self) -> None:
-        """Back off with the other workers: a failure one of them recorded counts here too."""
+    def _adopt_shared_state(self) -> None:
+        """Refresh with the other workers: their last success and their run of failures count here too."""
+        checked = self.storage.load_checked()
+        if checked is not None and self._snapshot is not None and (
+                self.last_success_at is None or checked > self.last_success_at):
+            # Another worker refreshed since; if nothing changed (304) it saved no new snapshot.
+            self.last_success_at = checked
+            self._fresh_until = checked + timedelta(seconds=self.refresh_seconds)
         state = self.storage.load_failure()
         if state is not None and state.failures >= self._failures and state.next_attempt > self.clock():
             self._failures = state.failures
@@ -277,10 +283,11 @@ class SnapshotStore:
             return
         try:
             snapshot = self._snapshot
-            self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers))
+            validators = self._fetcher_validators()
+            self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers, validators))
             self._loaded_mtime = self.storage.mtime()
             self.storage.save_index(SavedIndex(self.source.description, self.window.days, snapshot.fetched_at,
-                                               snapshot.version, snapshot.index))
+                                               snapshot.version, snapshot.index, validators))
             self.storage_error = None
         except StorageError as exc:
             self._storage_failed(exc)
@@ -308,6 +315,7 @@ class SnapshotStore:
             self._snapshot = Snapshot(self._snapshot.papers, saved.fetched_at, self._snapshot.version, self._snapshot.index)
         else:
             self._snapshot = Snapshot.build(papers, saved.fetched_at)
+        self._restore_validators(saved.validators)
         self._adopted(saved.fetched_at, "snapshot")
         self._save_index_only()
 
@@ -324,6 +332,7 @@ class SnapshotStore:
             return False
         self._loaded_mtime = mtime
         self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index)
+        self._restore_validators(cached.validators)
         self._adopted(cached.fetched_at, "index cache")
         return True
 
@@ -331,9 +340,18 @@ class SnapshotStore:
         snapshot = self._snapshot
         try:
             self.storage.save_index(SavedIndex(self.source.description, self.window.days, snapshot.fetched_at,
-                                               snapshot.version, snapshot.index))
+                                               snapshot.version, snapshot.index, self._fetcher_validators()))
         except StorageError as exc:
             self._storage_failed(exc)
+
+    def _fetcher_validators(self) -> dict:
+        fetcher = getattr(self.source, "fetcher", None)
+        return fetcher.export_validators() if fetcher is not None else {}
+
+    def _restore_validators(self, validators: dict) -> None:
+        fetcher = getattr(self.source, "fetcher", None)
+        if fetcher is not None:
+            fetcher.restore_validators(validators)
 
     def _adopted(self, fetched_at: datetime, what: str) -> None:
         self.last_success_at = fetched_at
@@ -357,6 +375,11 @@ class SnapshotStore:
     def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int) -> None:
         if self._failures:
             self._share_failure(None)
+        if self.storage is not None:
+            try:
+                self.storage.save_checked(now)
+            except StorageError as exc:
+                self._storage_failed(exc)
         self._failures = 0
         self._next_attempt = None
         self.last_success_at = now

@@ -18,7 +18,7 @@ import os
 import pickle
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +32,7 @@ FILE_FORMAT = 1
 SNAPSHOT_NAME = "snapshot.json.gz"
 INDEX_NAME = "index.pickle"
 FAILURE_NAME = "failure.json"
+CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
 
 
@@ -80,6 +81,7 @@ class SavedIndex:
     fetched_at: datetime
     version: str
     index: object  # a PaperIndex; typed loosely so this module needs no import of it
+    validators: dict = field(default_factory=dict)
     code: str = CODE_FINGERPRINT
 
 
@@ -90,6 +92,9 @@ class SavedSnapshot:
     source: str
     fetched_at: datetime
     papers: tuple[Paper, ...]
+    # ETag/Last-Modified of the upstream answers this data came from, so whichever
+    # worker refreshes next can ask conditionally.
+    validators: dict = field(default_factory=dict)
 
 
 def _paper_to_json(paper: Paper) -> dict:
@@ -139,6 +144,7 @@ class SnapshotFile:
             "source": saved.source,
             "fetched_at": saved.fetched_at.isoformat(),
             "papers": [_paper_to_json(p) for p in saved.papers],
+            "validators": saved.validators,
         }
         body = gzip.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), compresslevel=5, mtime=0)
         self._write_atomically(self.path, body)
@@ -177,7 +183,9 @@ class SnapshotFile:
             if fetched_at is None:
                 raise ValueError("no valid fetched_at")
             papers = tuple(_paper_from_json(p) for p in document["papers"])
-            return SavedSnapshot(str(document.get("source", "")), fetched_at, papers)
+            validators = document.get("validators")
+            return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
+                                 validators if isinstance(validators, dict) else {})
         except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
             aside = self.move_aside()
             raise StorageError(
@@ -219,6 +227,17 @@ class SnapshotFile:
         body = json.dumps({"failures": state.failures, "next_attempt": state.next_attempt.isoformat(),
                            "last_error": state.last_error, "last_error_at": state.last_error_at.isoformat()})
         self._write_atomically(path, body.encode("utf-8"))
+
+    def save_checked(self, when: datetime) -> None:
+        """Record when the upstream last answered well, even if nothing changed (a 304)."""
+        self._write_atomically(self.dir / CHECKED_NAME, json.dumps({"checked_at": when.isoformat()}).encode())
+
+    def load_checked(self) -> datetime | None:
+        """When any worker last refreshed successfully, or None."""
+        try:
+            return parse_timestamp(json.loads((self.dir / CHECKED_NAME).read_bytes()).get("checked_at"))
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def load_failure(self) -> FailureState | None:
         """The recorded run of failures, or None (none, or unreadable: then each worker backs off alone)."""

@@ -167,3 +167,34 @@ def test_workers_back_off_together_during_an_outage(tmp_path, upstream, clock):
     clock.advance(10)
     assert all(len(w.current().papers) == 40 for w in workers)
     assert len(upstream.requests) == 3 and not (tmp_path / "failure.json").exists()
+
+
+def test_any_worker_refreshes_conditionally_with_the_saved_validators(tmp_path, upstream, clock):
+    upstream.etags = True
+    fetcher_worker = store_for(upstream, clock, tmp_path)
+    fetcher_worker.current()
+    other = store_for(upstream, clock, tmp_path)  # loads the saved index: it never fetched itself
+    clock.advance(901)
+    other.current()
+    assert len(upstream.requests) == 2
+    assert upstream.requests[1]["headers"].get("If-None-Match") == upstream.requests_etag(0)
+    assert other.last_error is None and other.last_success_at == clock()
+    (tmp_path / "index.pickle").unlink()  # and through the JSON snapshot too
+    third = store_for(upstream, clock, tmp_path)
+    clock.advance(901)
+    third.current()
+    assert upstream.requests[2]["headers"].get("If-None-Match") == upstream.requests_etag(0)
+
+
+def test_an_unchanged_upstream_is_checked_once_per_interval_for_all_workers(tmp_path, upstream, clock):
+    upstream.etags = True
+    workers = [store_for(upstream, clock, tmp_path) for _ in range(3)]
+    for worker in workers:
+        worker.current()
+    for _ in range(3):
+        clock.advance(901)
+        for worker in workers:
+            worker.current()
+    # The first fetch, then one conditional request (answered 304) per interval, not one per worker.
+    assert len(upstream.requests) == 4
+    assert all(r["headers"].get("If-None-Match") for r in upstream.requests[1:])
