@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import functools
 import logging
 import os
 import sys
@@ -55,19 +56,29 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     return app
 
 
-def build_sources(config, default_listing=None, clock=None):
-    """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed."""
+def build_sources(config, default_listing=None, clock=None, only: str | None = None):
+    """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed.
+
+    ``only`` builds just that source (the refresher child needs one).
+    """
     from . import metrics
     from .config import DEFAULT_SOURCE
     from .fetch import HttpFetcher
     from .snapshot import SnapshotStore
     from .sources import Source, SourceRegistry
     from .storage import SnapshotFile
+    from .refresher import run_in_child
+    from .snapshot import utcnow
     from .upstream import source_for
+
+    clock = clock or utcnow
 
     def store_for(listing, name: str | None) -> SnapshotStore:
         # Each configured source keeps its own file; ad-hoc URL sources live in memory only.
         folder = os.path.join(config.data_dir, name) if config.data_dir and name else None
+        refresher = None
+        if folder and config.refresh_in_subprocess:
+            refresher = functools.partial(run_in_child, config, name)
         return SnapshotStore(
             listing,
             window_days=config.window_days,
@@ -76,6 +87,7 @@ def build_sources(config, default_listing=None, clock=None):
             background=config.background_refresh,
             storage=SnapshotFile(folder) if folder else None,
             on_upstream_request=metrics.record_upstream,
+            refresher=refresher,
         )
 
     def fetcher(safe: bool = False):
@@ -94,9 +106,13 @@ def build_sources(config, default_listing=None, clock=None):
         listing = FeedListing(url, fetcher=fetcher(safe), clock=clock)
         return Source(name, url, name if not safe else url, store_for(listing, None if safe else name))
 
-    listing = default_listing if default_listing is not None else source_for(config)
-    sources = [Source(DEFAULT_SOURCE, config.upstream_url, "Daily Papers", store_for(listing, DEFAULT_SOURCE))]
-    sources += [feed_source(name, url) for name, url in config.feeds]
+    sources = []
+    if only in (None, DEFAULT_SOURCE):
+        listing = default_listing if default_listing is not None else source_for(config)
+        sources.append(Source(DEFAULT_SOURCE, config.upstream_url, "Daily Papers", store_for(listing, DEFAULT_SOURCE)))
+    sources += [feed_source(name, url) for name, url in config.feeds if only in (None, name)]
+    if not sources:
+        raise ValueError(f"no source named {only!r}")
     url_factory = (lambda url: feed_source("url", url, safe=True)) if config.allow_url_hosts else None
     return SourceRegistry(sources, url_factory)
 

@@ -145,6 +145,9 @@ class Config:
     feeds: tuple[tuple[str, str], ...] = ()  # (name, url) of extra RSS/Atom sources
     allow_url_hosts: frozenset[str] = frozenset()  # empty: /feed?url= is disabled
     background_refresh: bool = True
+    # Refresh in a child process (feedproxy.refresher) when there is a data folder; from_env
+    # turns it on. Off by default so tests with an injected clock refresh in-process.
+    refresh_in_subprocess: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_days <= 3650:
@@ -173,4 +176,5 @@ class Config:
             data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
             feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),
             allow_url_hosts=parse_allowed_hosts(env.get("FEEDPROXY_ALLOW_URL_HOSTS", "")),
+            refresh_in_subprocess=True,
         )

@@ -11,6 +11,8 @@ Readers always get the current snapshot at once while a refresh runs
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import logging
 import threading
@@ -74,6 +76,15 @@ def content_version(papers: Iterable[Paper]) -> str:
     return digest.hexdigest()[:16]
 
 
+def release_memory() -> None:
+    """Collect garbage and ask glibc to hand freed heap pages back to the system (a no-op elsewhere)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The papers in the window at one moment, with their search index."""
@@ -111,6 +122,7 @@ class SnapshotStore:
         background: bool = True,
         storage: SnapshotFile | None = None,
         on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
+        refresher: Callable[[float], None] | None = None,
     ):
         self.source = source
         self.window = timedelta(days=window_days)
@@ -120,6 +132,10 @@ class SnapshotStore:
         self.storage = storage
         # Told of every upstream page request: None for success, else the error (metrics).
         self.on_upstream_request = on_upstream_request or (lambda error: None)
+        # With a data folder: runs a refresh in another process (feedproxy.refresher), which
+        # leaves its result in the folder; this store then loads it.
+        self.refresher = refresher if storage is not None else None
+        self.fetch_failed = False  # the last fetch this process made failed
         self._snapshot: Snapshot | None = None
         self._refresh_lock = threading.Lock()  # one refresh at a time in this process
         self._fresh_until: datetime | None = None  # no refresh is due before this
@@ -206,9 +222,22 @@ class SnapshotStore:
         finally:
             self._refresh_lock.release()
 
-    def _refresh(self, wait: float = 0) -> None:
+    def refresh_now(self, wait: float = 0) -> bool:
+        """Refresh in this process if one is due, waiting up to ``wait`` s for the folder's lock.
+
+        What the refresher child runs. Returns False when the upstream failed.
+        """
+        self.fetch_failed = False
+        with self._refresh_lock:
+            self._refresh(wait=wait, in_process=True)
+        return not self.fetch_failed
+
+    def _refresh(self, wait: float = 0, in_process: bool = False) -> None:
         if self.storage is None:
             self._fetch()
+            return
+        if self.refresher is not None and not in_process:
+            self._refresh_in_child(wait)
             return
         try:
             with self.storage.refresh_lock(wait=wait) as holding:
@@ -224,6 +253,22 @@ class SnapshotStore:
         except StorageError as exc:
             self._storage_failed(exc)
             self._fetch()  # serving fresh papers matters more than sharing them
+
+    def _refresh_in_child(self, wait: float) -> None:
+        """Let a child process refresh, then take up what it saved (or the failure it recorded)."""
+        from .refresher import RefresherError
+
+        try:
+            self.refresher(wait)
+        except RefresherError as exc:
+            self._record_failure(self.clock(), UpstreamError(str(exc)), 0)
+            return
+        if self.storage.mtime() != self._loaded_mtime:
+            self._load_saved()
+        self._adopt_shared_state()
+        if self._due():
+            # The child found the lock taken (another worker is refreshing): look again shortly.
+            self._fresh_until = self.clock() + timedelta(seconds=FIRST_RETRY_SECONDS)
 
     def _adopt_shared_state(self) -> None:
         """Refresh with the other workers: their last success and their run of failures count here too."""
@@ -268,6 +313,8 @@ class SnapshotStore:
             merged = merge_window(held, fetched, self.window, now)
             if self._snapshot is None or content_version(merged) != self._snapshot.version:
                 self._snapshot = Snapshot.build(merged, now)
+                del merged, held
+                release_memory()
             else:
                 self._snapshot = Snapshot(self._snapshot.papers, now, self._snapshot.version, self._snapshot.index)
             self._save()
@@ -392,6 +439,7 @@ class SnapshotStore:
         )
 
     def _record_failure(self, now: datetime, error: UpstreamError, pages: int) -> None:
+        self.fetch_failed = True
         self._failures += 1
         delay = min(FIRST_RETRY_SECONDS * 2 ** (self._failures - 1), self.refresh_seconds)
         if error.retry_after is not None:

@@ -1,0 +1,62 @@
+"""Refreshing in a child process (feedproxy.refresher), as workers with a data folder do."""
+
+import functools
+
+import pytest
+
+from feedproxy import create_app
+from feedproxy.errors import NoData
+from feedproxy.refresher import RefresherError, run_in_child
+from feedproxy.snapshot import SnapshotStore
+from feedproxy.storage import SnapshotFile
+from feedproxy.upstream import HttpListing
+
+from .conftest import make_config
+from .fakeupstream import Fault
+
+
+def child_store(upstream, tmp_path, refresher=None):
+    config = make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True)
+    source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
+    return SnapshotStore(source, window_days=1000, background=False, storage=SnapshotFile(tmp_path / "hf-daily"),
+                         refresher=refresher or functools.partial(run_in_child, config, "hf-daily"))
+
+
+def test_a_child_process_fetches_and_the_worker_loads_its_result(upstream, tmp_path):
+    store = child_store(upstream, tmp_path)
+    snapshot = store.current()
+    assert len(snapshot.papers) == 40
+    assert store.fetch_count == 0  # this process asked the upstream nothing
+    assert len(upstream.requests) == 1
+    assert store.last_success_at is not None and store.last_error is None
+
+
+def test_a_failure_in_the_child_is_seen_by_the_worker(upstream, tmp_path):
+    upstream.always = Fault(status=503)
+    store = child_store(upstream, tmp_path)
+    with pytest.raises(NoData) as err:
+        store.current()
+    assert "HTTP 503" in err.value.reason and err.value.retry_after >= 1
+    assert len(upstream.requests) == 1
+
+
+def test_a_child_that_crashes_is_a_failure_not_a_crash(upstream, tmp_path):
+    def crash(wait):
+        raise RefresherError("refresher: hf-daily exited with status -9 (see the log above)")
+
+    store = child_store(upstream, tmp_path, refresher=crash)
+    with pytest.raises(NoData) as err:
+        store.current()
+    assert "exited with status -9" in err.value.reason
+
+
+def test_create_app_from_the_environment_refreshes_in_a_child(upstream, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEEDPROXY_UPSTREAM_URL", upstream.url)
+    monkeypatch.setenv("FEEDPROXY_WINDOW_DAYS", "1000")
+    monkeypatch.setenv("FEEDPROXY_DATA_DIR", str(tmp_path))
+    from feedproxy.config import Config
+
+    app = create_app(Config.from_env().__class__(**{**Config.from_env().__dict__, "background_refresh": False}))
+    store = app.extensions["feedproxy.store"]
+    assert store.refresher is not None
+    assert app.test_client().get("/feed").status_code == 200 and store.fetch_count == 0
