@@ -124,8 +124,10 @@ def _configure_logging() -> None:
     logging.getLogger("feedproxy").setLevel(logging.INFO)
     access = logging.getLogger("feedproxy.access")
     if not access.handlers:
+        from .metrics import BatchedLineHandler
+
         # The access log goes to stdout, as Procfile platforms and journald expect; the rest to stderr.
-        handler = logging.StreamHandler(sys.stdout)
+        handler = BatchedLineHandler(sys.stdout.fileno())
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         access.addHandler(handler)
         access.propagate = False

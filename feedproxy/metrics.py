@@ -8,8 +8,10 @@ answers. Without it (tests, `flask run`) values live in this process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
 import time
 
 from flask import Blueprint, Flask, Response, g, request
@@ -116,6 +118,66 @@ def _observe(response: Response) -> Response:
         request.args.get("q", "")[:200], request.headers.get("User-Agent", "")[:120],
     )
     return response
+
+
+class BatchedLineHandler(logging.Handler):
+    """Write log lines to a file descriptor in batches, each write whole lines and at most 4 KB.
+
+    One write per request was the largest single cost of a cache hit after the
+    framework's own (py-spy: 12% of a worker). Batching keeps the line per
+    request but writes about twenty at once; a batch of whole lines no larger
+    than PIPE_BUF is written atomically, so the workers' lines never interleave
+    mid-line on a shared stdout pipe. Lines wait at most ``max_delay`` seconds.
+    """
+
+    WRITE_LIMIT = 4096
+
+    def __init__(self, fd: int = 1, max_delay: float = 1.0):
+        super().__init__()
+        self.fd = fd
+        self.max_delay = max_delay
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._oldest = 0.0
+        threading.Thread(target=self._flush_now_and_then, name="feedproxy-access-log", daemon=True).start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - logging must never break a request
+            self.handleError(record)
+            return
+        if not self._lines:
+            self._oldest = time.monotonic()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.WRITE_LIMIT - 512 or time.monotonic() - self._oldest >= self.max_delay:
+            self._write_out()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        lines, self._lines, self._size = self._lines, [], 0
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines + [b""]:
+            if chunk and (not line or size + len(line) > self.WRITE_LIMIT):
+                try:
+                    os.write(self.fd, b"".join(chunk))
+                except OSError:
+                    pass  # stdout closed or full: drop the lines rather than fail requests
+                chunk, size = [], 0
+            if line:
+                chunk.append(line)
+                size += len(line)
+
+    def _flush_now_and_then(self) -> None:
+        while True:
+            time.sleep(self.max_delay)
+            self.flush()
 
 
 def install(app: Flask) -> None:

@@ -73,3 +73,35 @@ def test_one_access_log_line_per_request(client, caplog):
     line = lines[0]
     for field in ("method=GET", "path=/feed", "status=200", "cache=miss", "q='logprobe'", "ua='Miniflux/2.2'", "ms="):
         assert field in line, field
+
+
+def test_batched_access_lines_are_whole_and_at_most_4_kb_per_write(monkeypatch):
+    import os
+
+    from feedproxy import metrics
+    from feedproxy.metrics import BatchedLineHandler
+
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(metrics.os, "write", lambda fd, b: writes.append(b) or real_write(fd, b))
+
+    read_end, write_end = os.pipe()
+    handler = BatchedLineHandler(write_end, max_delay=60)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("feedproxy.test-batch")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(100):
+            logger.warning("request n=%03d %s", n, "x" * 150)
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 65536):
+        data += chunk
+    lines = data.decode().splitlines()
+    assert [int(line.split()[1][2:]) for line in lines] == list(range(100))  # every line, whole, in order
+    assert all(len(line) == len(lines[0]) for line in lines)
+    assert len(writes) > 1 and all(len(w) <= 4096 and w.endswith(b"\n") for w in writes)
