@@ -1,0 +1,530 @@
+"""`make bench`: measure feedproxy under real gunicorn against the targets of issue 7, print a table.
+
+Usage: python bench/run.py [CORPUS] [--seconds N] [--json OUT] [--readme] [--skip-refresh-check]
+
+The scenario: the corpus (a gzipped JSON list of Daily Papers API items,
+newest first; a synthetic one of the same shape when the file is absent) is
+served by the tests' loopback fake upstream with ETags on; gunicorn runs
+`-c gunicorn.conf.py wsgi:app` with 2 workers and the production thread
+count, a window holding the whole corpus (FEEDPROXY_WINDOW_DAYS=1000,
+FEEDPROXY_MAX_PAGES=200) and a fresh data folder; wrk is the load. Then:
+
+1. cache hit: wrk repeats `/feed?q=pretraining` (Accept-Encoding: gzip), and the
+   same wrk settings drive bench/bare_app.py, a bare Flask app under the same
+   gunicorn settings returning the same bytes and headers; target: feedproxy
+   >= 80% of the bare app.
+2. 304: the same request with If-None-Match; target: at least the cache-hit
+   rate. The three run in turn for 3 rounds, each run starting when the CPUs
+   are idle, and the best of each is kept (other processes only slow a run).
+3. a new distinct query every request (bench/wrk/distinct.lua): 3 words from
+   real titles, never repeated; median and p99 of the `ms=` the app logs for
+   them (server side; targets 10 ms and 30 ms), first 2,000 sent one at a time
+   (the cost of a request), then 18,000 on 16 connections (the times include
+   waiting for the worker's GIL). With py-spy installed, one worker is then
+   profiled on more new queries, and on cache hits (bench/results/profile.txt).
+4. memory: each worker's VmRSS once the index is loaded (< 150 MB) and after
+   the distinct queries (< 200 MB).
+5. start with a saved snapshot: the first gunicorn stopped and its fake upstream
+   gone, a second gunicorn on the same data folder and the same
+   FEEDPROXY_UPSTREAM_URL (a snapshot is adopted only by the source that saved
+   it), where nothing listens any more; time from process start to the first
+   200 on the feed, polling every 20 ms (< 2 s), and no upstream request in its
+   log (httpx logs each one, the store each refresh).
+6. upstream: requests the fake upstream got during all the load above (the
+   default 900 s refresh: expect none); then a run with
+   FEEDPROXY_REFRESH_SECONDS=60 spanning one refresh, which should cost one
+   request, conditional and answered 304 (about 80 s; --skip-refresh-check).
+7. bench/bench_query.py, the in-process index benchmark: its 3-term queries
+   (target: median and p99 under 2 ms).
+
+Prints the markdown table and writes it with the environment to
+bench/results/run.md (and JSON to bench/results/run.json, or --json OUT);
+--readme also puts it in README.md's Benchmarks section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness  # noqa: E402
+from bench.harness import Gunicorn, get, percentile, run_wrk  # noqa: E402
+
+FEED = "/feed?q=pretraining"
+GZIP = {"Accept-Encoding": "gzip"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    harness.ensure_wrk()
+    if options.wait_quiet:
+        say(f"bench: CPU {harness.wait_for_quiet(options.wait_quiet):.0%} busy before starting")
+    began = time.monotonic()
+    env = harness.environment()
+    work = harness.new_workdir("feedproxy-bench-")
+    say(f"bench: working in {work}; load average {env['load_average_at_start']}")
+
+    items, corpus = harness.load_corpus(options.corpus)
+    expected = harness.valid_paper_count(items)
+    words = harness.title_words(items)
+    # Each run stops once its count of new queries is answered; its file holds a few more, since wrk
+    # asks its script for one request it never sends, and a thread may run ahead of the others.
+    under_load = options.distinct - options.sequential
+    counts = [options.sequential + 50, under_load + under_load // 20 + 50, options.profile_queries]
+    queries = iter(harness.distinct_queries(words, sum(counts), seed=7))
+    one_at_a_time, for_load, for_profile = ([next(queries) for _ in range(n)] for n in counts)
+    one_file = harness.write_lines(one_at_a_time, work, "distinct-one-at-a-time.txt")
+    loaded_file = harness.write_lines(for_load, work, "distinct-under-load.txt")
+    profile_file = harness.write_lines(for_profile, work, "profile-queries.txt")
+
+    results: dict = {"environment": env, "corpus": corpus, "papers": expected, "wrk": wrk_settings(options),
+                     "words": len(words)}
+    upstream, server = harness.serve_corpus(items, work)
+    try:
+        results["cold_start_s"] = harness.wait_until_serving(server, expected)
+        results["cold_start_upstream_requests"] = len(upstream.requests)
+        results["threads_per_worker"] = server.threads
+        say(f"bench: {expected:,} papers served {results['cold_start_s']:.1f} s after start, "
+            f"from {len(upstream.requests)} upstream requests")
+        time.sleep(1)
+        results["rss_loaded_mb"] = server.worker_rss_mb()
+        steady_from = len(upstream.requests)
+        steady_began = time.monotonic()
+
+        results.update(measure_cache_hit_and_304(server, work, options))
+        results["distinct_one"] = measure_distinct_queries(server, one_file, options.sequential, 1, 1)
+        results["distinct_load"] = measure_distinct_queries(server, loaded_file, under_load, options.threads,
+                                                            options.connections)
+        results["distinct_total"] = results["distinct_one"]["distinct_q"] + results["distinct_load"]["distinct_q"]
+        results["rss_after_distinct_mb"] = server.worker_rss_mb()
+        sample = one_at_a_time[: options.sequential: max(1, options.sequential // 200)]
+        results["entries"] = entries_rendered(server, sample)
+        if options.profile and harness.py_spy():
+            results["profiles"] = {
+                "new queries": profile_worker(server, "new-queries", "/feed", work, options, script="distinct.lua",
+                                              args=(profile_file, options.threads), headers=GZIP),
+                "cache hits": profile_worker(server, "cache-hits", FEED, work, options, headers=GZIP),
+            }
+
+        results["steady_upstream_requests"] = len(upstream.requests) - steady_from
+        results["steady_seconds"] = time.monotonic() - steady_began
+        results["server_errors"] = server_error_lines(server)
+    finally:
+        server.stop()
+        upstream.stop()  # from here on nothing listens at the URL the snapshot came from
+
+    results["restart"] = measure_start_from_snapshot(server, work, expected)
+    if options.refresh_check:
+        results["refresh"] = measure_one_refresh(items, work, expected)
+    if options.query_bench:
+        results["query_bench"] = run_query_bench(options.corpus, work)
+    results["load_average_at_end"] = harness.load_average()
+    results["run_seconds"] = time.monotonic() - began
+
+    report = render_report(results)
+    print(report)
+    harness.RESULTS.mkdir(exist_ok=True)
+    (harness.RESULTS / "run.md").write_text(report + "\n", encoding="utf-8")
+    json_path = options.json or harness.RESULTS / "run.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    if "profiles" in results:
+        profiles = results["profiles"].items()
+        text = "\n\n".join(f"== {name}: {harness.profile_text(p)}" for name, p in profiles if "error" not in p)
+        (harness.RESULTS / "profile.txt").write_text(text + "\n", encoding="utf-8")
+        say(f"bench: profiles of one worker (new queries, cache hits) in {harness.RESULTS / 'profile.txt'}")
+    if options.readme:
+        harness.replace_readme_block("run", report)
+        say("bench: README.md's Benchmarks section updated")
+    harness.tidy_workdir(work)
+    say(f"bench: done in {results['run_seconds']:.0f} s; logs in {work}")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpus", nargs="?", type=Path, default=harness.DEFAULT_CORPUS,
+                        help="gzipped JSON list of API items (default: %(default)s; synthetic when absent)")
+    parser.add_argument("--seconds", type=float, default=8, help="length of each measured wrk run (default 8)")
+    parser.add_argument("--warmup", type=float, default=3, help="length of the wrk run before each (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of cache hit, bare app, 304 in turn; the best of each is kept (default 3)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--distinct", type=int, default=20_000, help="distinct queries to answer (default 20000)")
+    parser.add_argument("--sequential", type=int, default=2_000,
+                        help="of which sent one at a time, on one connection (default 2000)")
+    parser.add_argument("--profile-seconds", type=float, default=12, help="py-spy sampling time (default 12)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--readme", action="store_true", help="put the report in README.md's Benchmarks section")
+    parser.add_argument("--skip-refresh-check", dest="refresh_check", action="store_false",
+                        help="skip the run with FEEDPROXY_REFRESH_SECONDS=60 (saves about 80 s)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="do not run py-spy")
+    parser.add_argument("--no-query-bench", dest="query_bench", action="store_false",
+                        help="do not run bench/bench_query.py")
+    parser.add_argument("--wait-quiet", type=float, default=0,
+                        help="first wait up to this many seconds for the CPUs to be idle (other processes < 15%%)")
+    options = parser.parse_args(argv)
+    options.profile_queries = 6_000 if options.profile else 0
+    return options
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def wrk_settings(options) -> str:
+    return (f"wrk -t{options.threads} -c{options.connections} -d{options.seconds:g}s "
+            f"after {options.warmup:g} s of warm-up")
+
+
+# -- 1 and 2: cache hits, the bare app, 304 -------------------------------------------
+
+
+def measure_cache_hit_and_304(server: Gunicorn, work: Path, options) -> dict:
+    """Throughput of repeated cache hits, of the bare Flask app with the same bytes, and of 304s."""
+    status, headers, body = get(server.base, FEED, GZIP)
+    if status != 200:
+        raise RuntimeError(f"{FEED} answered {status}: {body[:200]!r}")
+    saved = work / "feed-response.json"
+    saved.write_text(json.dumps({"status": status, "headers": headers, "body": base64.b64encode(body).decode()}))
+    etag = headers["ETag"]
+    bare = Gunicorn.start("bare", work, {**harness.SERVICE_SETTINGS, "BENCH_BARE_RESPONSE": str(saved),
+                                         "FEEDPROXY_DATA_DIR": str(work / "bare-data")}, app="bench.bare_app:app")
+    try:
+        wait_for_status(bare, FEED, 200)
+        bare_status, bare_headers, bare_body = get(bare.base, FEED, GZIP)
+        assert bare_body == body and bare_headers["ETag"] == etag, "the bare app must send the same bytes"
+        hits, bares, conditionals = [], [], []
+        for _ in range(options.rounds):
+            hits.append(throughput(server, FEED, GZIP, options))
+            bares.append(throughput(bare, FEED, GZIP, options))
+            conditionals.append(throughput(server, FEED, {**GZIP, "If-None-Match": etag}, options))
+    finally:
+        bare.stop()
+
+    def best(runs: list[dict]) -> dict:
+        return {**max(runs, key=lambda r: r["req_per_s"]), "rounds": [round(r["req_per_s"]) for r in runs]}
+
+    return {"feed_bytes": len(body), "feed_encoding": headers.get("Content-Encoding", "identity"), "etag": etag,
+            "cache_hit": best(hits), "bare": best(bares), "not_modified": best(conditionals)}
+
+
+def wait_for_status(server: Gunicorn, path: str, status: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server.check_running()
+        try:
+            if get(server.base, path, GZIP)[0] == status:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not answer {status} on {path} within {timeout:g} s")
+
+
+def throughput(server: Gunicorn, path: str, headers: dict, options) -> dict:
+    """A warm-up wrk run, then a measured one; with what the server logged about the measured requests."""
+    settings = dict(headers=headers, threads=options.threads, connections=options.connections)
+    # Other processes on this machine (test suites) come and go: start each run when they are quiet.
+    busy = harness.wait_for_quiet(timeout=30, sample=1)
+    run_wrk(server.base + path, options.warmup, **settings)
+    mark = server.access_offset() if server.name != "bare" else None
+    load = harness.load_average()
+    result = run_wrk(server.base + path, options.seconds, **settings)
+    result["load_average_before"] = load
+    result["cpu_busy_before"] = busy
+    if mark is not None:
+        lines = server.access_lines(mark)
+        result["server"] = {"requests": len(lines), "statuses": count_by(lines, "status"),
+                            "cache": count_by(lines, "cache"), "median_ms": percentile([l["ms"] for l in lines], 50)}
+    say(f"bench: {server.name} {path} {headers}: {result['req_per_s']:,.0f} req/s (CPU {busy:.0%} busy before)")
+    return result
+
+
+def count_by(lines: list[dict], key: str) -> dict:
+    counts: dict = {}
+    for line in lines:
+        counts[str(line.get(key))] = counts.get(str(line.get(key)), 0) + 1
+    return counts
+
+
+# -- 3 and 4: new distinct queries, memory, profile -----------------------------------
+
+
+def measure_distinct_queries(server: Gunicorn, queries: Path, count: int, threads: int, connections: int) -> dict:
+    """Send the file's queries, each once (wrk, distinct.lua), until ``count`` are answered; read their times.
+
+    With one connection a request never waits for another, so the app's `ms=`
+    is the cost of a request; with many, requests share each worker's GIL and
+    the times include that wait.
+    """
+    mark = server.access_offset()
+    counter = harness.LogCounter(server.stdout_path, mark, b" cache=miss ")
+    load = harness.load_average()
+    started = time.monotonic()
+    try:
+        client = run_wrk(
+            server.base + "/feed", 3600, script="distinct.lua", args=(queries, threads), headers=GZIP,
+            threads=threads, connections=connections,
+            stop_when=lambda: counter.update() >= count or (counter.count and counter.idle_for() > 5),
+        )
+    finally:
+        counter.close()
+    seconds = time.monotonic() - started
+    lines = [l for l in server.access_lines(mark) if l.get("path") == "/feed"]
+    misses = [l for l in lines if l["cache"] == "miss"]
+    ms = [l["ms"] for l in misses if l["status"] == 200]
+    result = {
+        "connections": connections, "requests_logged": len(lines), "misses": len(misses),
+        "distinct_q": len({l["q"] for l in misses}), "statuses": count_by(lines, "status"),
+        "median_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms, default=float("nan")), "median_bytes": percentile([l["bytes"] for l in misses], 50),
+        "seconds": seconds, "load_average_before": load, "client": client,
+    }
+    say(f"bench: {result['distinct_q']:,} distinct queries on {connections} connection(s): server median "
+        f"{result['median_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; {client['req_per_s']:.0f} req/s")
+    return result
+
+
+def entries_rendered(server: Gunicorn, queries: list[str]) -> dict:
+    """How many entries a sample of the queries rendered (asked again as JSON Feed, a new render each)."""
+    counts = []
+    for query in queries:
+        status, _, body = get(server.base, f"/feed?q={query}&format=json")
+        if status == 200:
+            counts.append(len(json.loads(body).get("items", [])))
+    return {"sample": len(counts), "full_pages": sum(c >= 50 for c in counts), "median": percentile(counts, 50)}
+
+
+def profile_worker(server: Gunicorn, name: str, path: str, work: Path, options, **wrk_settings) -> dict:
+    """Sample one worker with py-spy while wrk sends ``path`` (not part of any measured run)."""
+    out = work / f"profile-{name}.raw"
+    spy = harness.record_profile(server.worker_pids()[0], options.profile_seconds, out)
+    run_wrk(server.base + path, options.profile_seconds + 2, threads=options.threads,
+            connections=options.connections, **wrk_settings)
+    output = spy.communicate(timeout=60)[0]
+    if not out.exists():
+        say(f"bench: py-spy produced no profile: {output.strip()[-500:]}")
+        return {"error": output.strip()[-500:]}
+    return harness.summarize_profile(out)
+
+
+def server_error_lines(server: Gunicorn) -> list[str]:
+    return [line for line in server.errors().splitlines() if "Traceback" in line or " ERROR " in line][:20]
+
+
+# -- 5: start from the saved snapshot --------------------------------------------------
+
+
+def measure_start_from_snapshot(first: Gunicorn, work: Path, expected: int) -> dict:
+    """Start gunicorn again on the first one's data folder, its upstream gone; time the first feed."""
+    snapshot = Path(first.env["FEEDPROXY_DATA_DIR"]) / "hf-daily" / "snapshot.json.gz"
+    settings = {k: v for k, v in first.env.items()
+                if k.startswith("FEEDPROXY_") or k in ("WEB_CONCURRENCY", "GUNICORN_THREADS")}
+    server = Gunicorn.start("restart", work, settings)
+    statuses: dict = {}
+    first_feed = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first_feed is None:
+            server.check_running()
+            try:
+                status = get(server.base, FEED, GZIP, timeout=30)[0]
+            except OSError:
+                status = "refused"
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            if status == 200:
+                first_feed = time.monotonic() - server.started
+            else:
+                time.sleep(0.02)
+        all_workers = harness.wait_until_serving(server, expected, timeout=60)
+        time.sleep(1)
+        log = server.errors()
+    finally:
+        server.stop()
+    # httpx logs every request it completes; the store logs every refresh, failed or not.
+    attempts = [line for line in log.splitlines()
+                if "HTTP Request:" in line or "refresh ok" in line or "refresh failed" in line]
+    result = {"snapshot_bytes": snapshot.stat().st_size if snapshot.exists() else None,
+              "first_feed_s": first_feed, "all_workers_s": all_workers, "statuses_while_polling": statuses,
+              "upstream_attempts": len(attempts), "attempt_lines": attempts[:5]}
+    say(f"bench: restart from the saved snapshot: first feed after {first_feed} s, "
+        f"{len(attempts)} upstream attempts")
+    return result
+
+
+# -- 6: one refresh at the shortest interval ------------------------------------------
+
+
+def measure_one_refresh(items: list[dict], work: Path, expected: int, interval: int = 60) -> dict:
+    """Run with FEEDPROXY_REFRESH_SECONDS=60 past one refresh; return the upstream requests it made."""
+    upstream, server = harness.serve_corpus(items, work, name="refresh", FEEDPROXY_REFRESH_SECONDS=str(interval))
+    try:
+        harness.wait_until_serving(server, expected)
+        initial = len(upstream.requests)
+        # Refreshes happen when feeds are asked for: a reader every 0.2 s, each on a new connection
+        # so both workers are asked, until 15 s past the first refresh and well before the second.
+        until = server.started + interval + 15
+        while time.monotonic() < until:
+            server.check_running()
+            try:
+                get(server.base, FEED, GZIP)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        later = upstream.requests[initial:]
+        log = server.errors()
+    finally:
+        server.stop()
+        upstream.stop()
+
+    def header(request: dict, name: str) -> str | None:
+        return next((v for k, v in request["headers"].items() if k.lower() == name.lower()), None)
+
+    conditional = [r for r in later if header(r, "If-None-Match")]
+    answered_304 = [r for r in conditional if header(r, "If-None-Match") == r.get("etag")]
+    result = {
+        "interval_s": interval, "initial_requests": initial, "requests": len(later),
+        "conditional": len(conditional), "answered_304": len(answered_304),
+        "pages": [int(r["params"].get("p", 0)) for r in later],
+        "refresh_lines": [l for l in log.splitlines() if "refresh ok" in l or "loaded saved" in l][-6:],
+    }
+    say(f"bench: one {interval} s refresh: {len(later)} upstream requests, {len(conditional)} conditional, "
+        f"{len(answered_304)} answered 304")
+    return result
+
+
+# -- 7: the in-process query benchmark -----------------------------------------------
+
+
+def run_query_bench(corpus: Path, work: Path) -> dict:
+    """Run bench/bench_query.py and read its 3-term, date-sorted rows."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, str(harness.BENCH / "bench_query.py"), str(corpus)],
+                         capture_output=True, text=True, check=True).stdout
+    (work / "bench_query.md").write_text(out)
+    harness.RESULTS.mkdir(exist_ok=True)
+    (harness.RESULTS / "bench_query.md").write_text(out)
+    rows = []
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[1] == "3 terms" and cells[2] == "date":
+            rows.append({"query": cells[0].strip("`"), "median_ms": float(cells[4]), "p99_ms": float(cells[5])})
+    papers = re.search(r"([\d,]+) papers", out)
+    result = {"rows": rows, "papers": papers.group(1) if papers else "?", "seconds": time.monotonic() - started,
+              "worst_median_ms": max((r["median_ms"] for r in rows), default=float("nan")),
+              "worst_p99_ms": max((r["p99_ms"] for r in rows), default=float("nan"))}
+    say(f"bench: bench_query.py: 3-term worst median {result['worst_median_ms']:.3f} ms, "
+        f"worst p99 {result['worst_p99_ms']:.3f} ms")
+    return result
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def pages(numbers: list[int]) -> str:
+    return f" (pages {min(numbers)} to {max(numbers)})" if len(numbers) > 1 else ""
+
+
+def rounds(result: dict) -> str:
+    return ", ".join(f"{rate:,}" for rate in result["rounds"])
+
+
+def mb(values: dict) -> str:
+    return " / ".join(f"{v:.0f}" for v in values.values()) + " MB"
+
+
+def render_report(r: dict) -> str:
+    """The results table (path, target, measured, ratio and verdict) and the environment, as markdown."""
+    rows = []
+    hit, bare, cond = r["cache_hit"], r["bare"], r["not_modified"]
+    ratio = hit["req_per_s"] / bare["req_per_s"]
+    rows.append(("repeated `/feed?q=pretraining` (rendered-feed cache hit)", "≥ 80% of a bare Flask app",
+                 f"{hit['req_per_s']:,.0f} req/s (rounds: {rounds(hit)}); bare Flask {bare['req_per_s']:,.0f} req/s "
+                 f"(rounds: {rounds(bare)})",
+                 f"{ratio:.0%} {verdict(ratio >= 0.8)}"))
+    ratio_304 = cond["req_per_s"] / hit["req_per_s"]
+    rows.append(("conditional request answered 304", "≥ the cache-hit throughput",
+                 f"{cond['req_per_s']:,.0f} req/s (rounds: {rounds(cond)})",
+                 f"{ratio_304:.2f}× {verdict(ratio_304 >= 1)}"))
+    under_load = f"{r['distinct_load']['connections']} connections"
+    for key, label in (("distinct_one", "one at a time"), ("distinct_load", under_load)):
+        d = r[key]
+        client = d["client"]["latency_us"]
+        rows.append((f"a new distinct query every request, {label} (filter {r['papers']:,} papers, render 50 entries)",
+                     "median < 10 ms, p99 < 30 ms, server side",
+                     f"median {d['median_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms over {d['distinct_q']:,} queries; "
+                     f"{d['client']['req_per_s']:,.0f} req/s, client side p50 {client['p50'] / 1e3:.1f} ms, "
+                     f"p99 {client['p99'] / 1e3:.1f} ms",
+                     f"{d['median_ms'] / 10:.1f}× / {d['p99_ms'] / 30:.1f}× the target "
+                     f"{verdict(d['median_ms'] < 10 and d['p99_ms'] < 30)}"))
+    s = r["restart"]
+    started_ok = s["first_feed_s"] is not None and s["first_feed_s"] <= 2 and s["upstream_attempts"] == 0
+    first = f"{s['first_feed_s']:.2f} s" if s["first_feed_s"] is not None else "never (60 s)"
+    rows.append(("start with a saved snapshot", "first feed within 2 s of process start, no upstream request",
+                 f"first feed after {first} (both workers: {s['all_workers_s']:.2f} s); "
+                 f"{s['upstream_attempts']} upstream requests",
+                 f"{(s['first_feed_s'] or 60) / 2:.1f}× target {verdict(started_ok)}"))
+    loaded, after = r["rss_loaded_mb"], r["rss_after_distinct_mb"]
+    rows.append(("memory: a worker holding the index", "< 150 MB RSS", f"workers {mb(loaded)}",
+                 f"{max(loaded.values()) / 150:.0%} of target {verdict(max(loaded.values()) < 150)}"))
+    rows.append((f"memory: after {r['distinct_total']:,} distinct queries (shared by the 2 workers)", "< 200 MB RSS",
+                 f"workers {mb(after)}",
+                 f"{max(after.values()) / 200:.0%} of target {verdict(max(after.values()) < 200)}"))
+    rows.append(("upstream, steady state (default 900 s refresh)", "no request between refreshes",
+                 f"{r['steady_upstream_requests']} requests in {r['steady_seconds']:.0f} s of load",
+                 verdict(r["steady_upstream_requests"] == 0)))
+    if "refresh" in r:
+        f = r["refresh"]
+        ok = f["requests"] == 1 and f["conditional"] == 1 and f["answered_304"] == 1
+        rows.append((f"upstream, one refresh (FEEDPROXY_REFRESH_SECONDS={f['interval_s']})",
+                     "one listing request per interval, conditional, answered 304",
+                     f"{f['requests']} request{'' if f['requests'] == 1 else 's'}{pages(f['pages'])}: "
+                     f"{f['conditional']} conditional, "
+                     f"{f['answered_304']} answered 304",
+                     verdict(ok)))
+    if "query_bench" in r:
+        q = r["query_bench"]
+        ok = q["worst_median_ms"] < 2 and q["worst_p99_ms"] < 2
+        rows.append((f"in-process 3-term query over {q['papers']} papers (bench/bench_query.py)",
+                     "median and p99 < 2 ms",
+                     f"worst of {len(q['rows'])} queries: median {q['worst_median_ms']:.2f} ms, "
+                     f"p99 {q['worst_p99_ms']:.2f} ms", verdict(ok)))
+
+    e = r["environment"]
+    lines = ["| path | target | measured | ratio / verdict |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {v} |" for a, b, c, v in rows]
+    lines += [
+        "",
+        f"Measured by `make bench` (bench/run.py) at commit {e['code']}, on {e['cpu']}, {e['cores']} cores, "
+        f"Linux {e['kernel']}; "
+        f"Python {e['python']}, gunicorn {e['gunicorn']}, Flask {e['flask']}, wrk {e['wrk']}. "
+        f"Load average (1, 5, 15 min) {e['load_average_at_start']} at start, {r['load_average_at_end']} at end; "
+        f"wrk runs on the same 2 cores as the server.",
+        f"Corpus: {r['corpus']} ({r['papers']:,} papers in the window); gunicorn: 2 workers × "
+        f"{r['threads_per_worker']} threads (gthread), cold start from the fake upstream "
+        f"{r['cold_start_s']:.1f} s ({r['cold_start_upstream_requests']} requests). Load: {r['wrk']}, "
+        f"Accept-Encoding: gzip ({hit['server']['cache'].get('hit', 0):,} of "
+        f"{hit['server']['requests']:,} logged requests were cache hits; "
+        f"the feed is {r['feed_bytes']:,} bytes gzipped). "
+        f"Server-side times are the `ms=` of the app's access-log lines. New queries are 3 of the "
+        f"{r['words']} words of real titles that most papers mention; {r['entries']['full_pages']} of a sample of "
+        f"{r['entries']['sample']} rendered a full page of 50 entries (median {r['entries']['median']:.0f}).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
