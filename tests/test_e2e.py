@@ -82,6 +82,7 @@ def test_metrics_count_every_workers_requests(upstream, tmp_path):
         with httpx.Client(base_url=base, timeout=5) as client:  # a new connection each time spreads workers
             for _ in range(40):
                 assert httpx.get(base + "/feed?q=metricsprobe", timeout=5).status_code == 200
+            time.sleep(1.5)  # each worker adds its counts to the shared files once a second
             seen = set()
             for _ in range(10):
                 text = client.get("/metrics", headers={"Connection": "close"}).text

@@ -105,3 +105,23 @@ def test_batched_access_lines_are_whole_and_at_most_4_kb_per_write(monkeypatch):
     assert [int(line.split()[1][2:]) for line in lines] == list(range(100))  # every line, whole, in order
     assert all(len(line) == len(lines[0]) for line in lines)
     assert len(writes) > 1 and all(len(w) <= 4096 and w.endswith(b"\n") for w in writes)
+
+
+def test_pending_counts_reach_prometheus_in_bulk_with_the_right_buckets():
+    from feedproxy.metrics import LATENCY, PENDING, REQUESTS
+
+    def bucket_counts():
+        child = LATENCY.labels("/bulkprobe")
+        return [b.get() for b in child._buckets], child._sum.get()
+
+    before, sum_before = bucket_counts()
+    requests_before = REQUESTS.labels("/bulkprobe", "200")._value.get()
+    for elapsed in (0.0005, 0.001, 0.003, 0.003, 20.0):
+        PENDING.add("/bulkprobe", "200", None, elapsed)
+    PENDING.flush()
+    after, sum_after = bucket_counts()
+    added = [a - b for a, b in zip(after, before)]
+    # le=0.001 gets 0.0005 and 0.001 (bounds are inclusive), le=0.005 the two 3 ms, +Inf the 20 s one.
+    assert added == [2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert abs((sum_after - sum_before) - 20.0075) < 1e-9
+    assert REQUESTS.labels("/bulkprobe", "200")._value.get() - requests_before == 5
