@@ -23,12 +23,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # bench/run.py (the targets of issue 7, which also runs bench/bench_query.py), then bench/load.py
-# (a realistic traffic mix); both update README's Benchmarks section. About 7 minutes.
+# (a realistic traffic mix), then bench/stall.py (readers during a hung refresh); all update README's
+# Benchmarks section. About 9 minutes.
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/py-spy --version >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet py-spy || echo "bench: no py-spy, no profile"
 	$(BIN)/python bench/run.py $(CORPUS) --readme --wait-quiet 120 $(BENCH_ARGS)
 	$(BIN)/python bench/load.py $(CORPUS) --readme $(LOAD_ARGS)
+	$(BIN)/python bench/stall.py $(CORPUS) --readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
