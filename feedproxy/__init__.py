@@ -23,6 +23,7 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     """Build the Flask app: the sources and their stores, the views, metrics and error handlers."""
     from . import metrics
     from .config import Config
+    from .fastpath import FeedFastPath
     from .feedcache import FeedCache
     from .snapshot import utcnow
     from .page import bp as page_bp
@@ -31,6 +32,8 @@ def create_app(config=None, *, source=None, clock=None) -> Flask:
     config = Config.from_env() if config is None else config
     app = Flask(__name__)
     app.config["FEEDPROXY"] = config
+    # Repeated feed URLs are answered below Flask; ProxyFix, when used, wraps it so the URL is the public one.
+    app.wsgi_app = app.extensions["feedproxy.fast_path"] = FeedFastPath(app.wsgi_app)
     if config.proxy_count:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -111,18 +111,23 @@ def _observe(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     cache = g.get("feedproxy_cache")
     PENDING.add(route, str(response.status_code), cache, elapsed)
-    fields = (
-        request.method, request.path, response.status_code, response.content_length or 0, elapsed * 1000,
-        cache or "-", "yes" if response.headers.get("Content-Encoding") == "gzip" else "no",
-        request.args.get("q", "")[:200], request.headers.get("User-Agent", "")[:120],
-    )
+    log_request(request.method, request.path, response.status_code, response.content_length or 0, elapsed,
+                cache, response.headers.get("Content-Encoding") == "gzip", request.args.get("q", ""),
+                request.headers.get("User-Agent", ""))
+    return response
+
+
+def log_request(method: str, path: str, status: int, nbytes: int, elapsed: float, cache: str | None,
+                gzipped: bool, q: str, user_agent: str) -> None:
+    """Write the one access-log line of a request (also used by the WSGI fast path)."""
+    fields = (method, path, status, nbytes, elapsed * 1000, cache or "-", "yes" if gzipped else "no",
+              q[:200], user_agent[:120])
     handler = _sole_batched_handler()
     if handler is not None:
         # The common case, without a LogRecord: the same line the formatter would write.
         handler.write_line(f"{_timestamp()} {ACCESS_FORMAT % fields}")
     else:
         access_log.info(ACCESS_FORMAT, *fields)
-    return response
 
 
 ACCESS_FORMAT = "request method=%s path=%s status=%d bytes=%s ms=%.1f cache=%s gzip=%s q=%r ua=%r"

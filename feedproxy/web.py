@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import NoData
+from .fastpath import feed_answer, max_age
 from .feedcache import FeedCache, RenderedFeed
 from .params import BadParameter, FeedRequest, parse_feed_request
 from .render import FORMATS, FeedInfo
@@ -31,8 +32,6 @@ bp = Blueprint("feeds", __name__)
 
 MAX_QUERY_STRING_BYTES = 4096
 MAX_PARAMETERS = 64
-# Bounds of Cache-Control max-age: readers and proxies may keep a feed until the next refresh.
-MIN_MAX_AGE, MAX_MAX_AGE = 30, 3600
 
 
 def _store() -> SnapshotStore:
@@ -118,7 +117,12 @@ def feed() -> Response:
         scope, version, (params, request.url), lambda: render_feed(params, current)
     )
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
-    return feed_response(rendered, max_age=min(_max_age(source.store) for source, _ in current))
+    stores = tuple(source.store for source, _ in current)
+    # The next time this exact URL is asked, the WSGI fast path answers it while these snapshots last.
+    current_app.extensions["feedproxy.fast_path"].remember(
+        request.environ, stores, version, rendered, request.args.get("q", ""))
+    status, headers, body = feed_answer(rendered, max_age(stores), request.environ)
+    return Response(body, status=status, headers=headers)
 
 
 def sources_for(params: FeedRequest) -> list[Source]:
@@ -173,11 +177,6 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     return RenderedFeed(fmt.render(info, papers), fmt.media_type, updated)
 
 
-def _max_age(store: SnapshotStore) -> int:
-    """Seconds until the next refresh is due, bounded: how long a copy stays good."""
-    return max(MIN_MAX_AGE, min(MAX_MAX_AGE, store.seconds_until_refresh()))
-
-
 @bp.get("/sources")
 def sources() -> Response:
     """List the sources this server filters, as JSON."""
@@ -194,44 +193,6 @@ def sources() -> Response:
             "feed": request.host_url + "feed" + ("" if source is _registry().default else "?source=" + source.name),
         })
     return Response(json.dumps({"sources": listing}, indent=2) + "\n", content_type="application/json")
-
-
-def _accepts_gzip() -> bool:
-    raw = request.headers.get("Accept-Encoding", "")
-    if "gzip" not in raw and "*" not in raw:
-        return False
-    if ";" not in raw:
-        return True  # the common "gzip, deflate, br": no qualities to weigh
-    return request.accept_encodings["gzip"] > 0
-
-
-def _not_modified(feed: RenderedFeed) -> bool:
-    # If-None-Match wins over If-Modified-Since when both are sent (RFC 9110, 13.2.2).
-    environ = request.environ
-    if "HTTP_IF_NONE_MATCH" in environ:
-        tags = request.if_none_match
-        return tags.contains_weak(feed.etag.strip('"')) or tags.contains_weak(feed.gzip_etag.strip('"'))
-    if "HTTP_IF_MODIFIED_SINCE" not in environ:
-        return False
-    since = request.if_modified_since
-    return since is not None and feed.last_modified.replace(microsecond=0) <= since
-
-
-def feed_response(feed: RenderedFeed, max_age: int) -> Response:
-    """Answer with the feed, gzipped when accepted, or 304 when the client's copy is current."""
-    use_gzip = _accepts_gzip()
-    headers = {
-        "ETag": feed.gzip_etag if use_gzip else feed.etag,
-        "Last-Modified": feed.last_modified_http,
-        "Cache-Control": f"public, max-age={max_age}",
-        "Vary": "Accept-Encoding",
-    }
-    if _not_modified(feed):
-        return Response(status=304, headers=headers)
-    if use_gzip:
-        headers["Content-Encoding"] = "gzip"
-        return Response(feed.gzipped(), headers=headers, content_type=feed.media_type)
-    return Response(feed.body, headers=headers, content_type=feed.media_type)
 
 
 @bp.get("/healthz")

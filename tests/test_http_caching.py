@@ -66,11 +66,11 @@ def test_repeated_request_does_no_filtering_or_rendering(app, client, monkeypatc
     snapshot = app.extensions["feedproxy.store"].peek()
     calls = []
     monkeypatch.setattr(type(snapshot.index), "search", lambda *a, **k: calls.append(a) or [])
-    cache = app.extensions["feedproxy.feed_cache"]
-    hits = cache.hits
+    first = client.get("/feed?q=model").data
     for _ in range(3):
-        assert client.get("/feed?q=model").status_code == 200
-    assert calls == [] and cache.hits == hits + 3
+        response = client.get("/feed?q=model")
+        assert response.status_code == 200 and response.data == first
+    assert calls == []
     client.get("/feed?q=other")
     assert len(calls) == 1
 
@@ -94,3 +94,27 @@ def test_cache_is_bounded_by_bytes():
     cache.get_or_render("hf-daily", "v2", "new", lambda: RenderedFeed(b"y", "text/plain", now))
     assert len(cache) == 2  # a new version drops its scope's feeds, not other scopes'
     assert cache.get_or_render("arxiv", "a1", "other", lambda: RenderedFeed(b"!", "text/plain", now))[1]
+
+
+def test_the_fast_path_answers_exactly_as_the_flask_view(app, client):
+    """The first request is answered by the view, repeats by the WSGI fast path: same everything."""
+    for headers in ({}, {"Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip;q=0, identity"}):
+        first = client.get("/feed?q=model&format=rss", headers=headers)
+        again = client.get("/feed?q=model&format=rss", headers=headers)
+        assert again.data == first.data and again.status_code == first.status_code == 200
+        assert sorted(again.headers.items()) == sorted(first.headers.items())
+        etag = first.headers["ETag"]
+        revalidated = client.get("/feed?q=model&format=rss", headers={**headers, "If-None-Match": etag})
+        assert revalidated.status_code == 304 and revalidated.data == b"" and revalidated.headers["ETag"] == etag
+        head = client.head("/feed?q=model&format=rss", headers=headers)
+        assert head.data == b"" and head.headers["Content-Length"] == first.headers["Content-Length"]
+
+
+def test_the_fast_path_steps_aside_when_the_snapshot_changes(app, client, upstream, clock):
+    before = client.get("/feed?limit=500")
+    assert client.get("/feed?limit=500").data == before.data  # fast path
+    upstream.items = upstream.items[1:] + [dict(upstream.items[0], paper=dict(upstream.items[0]["paper"], upvotes=4242))]
+    clock.advance(901)
+    client.get("/feed?q=x")  # a request that refreshes (no background thread in tests)
+    after = client.get("/feed?limit=500")
+    assert b"4242 upvotes" in after.data and after.headers["ETag"] != before.headers["ETag"]
