@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -73,11 +74,15 @@ def raw_key(environ: dict) -> tuple:
 
 @dataclass(frozen=True)
 class Known:
-    """A feed /feed answered: its sources, the snapshot versions it was made from, the feed, its q."""
+    """A feed /feed answered: its sources, the snapshot versions it was made from, the feed, its q.
+
+    The feed is held weakly: the rendered-feed cache alone decides (by bytes) which feeds stay in
+    memory. Holding them here too once let 4,096 URLs keep 1.4 GB of feeds alive per worker.
+    """
 
     stores: tuple
     version: str
-    feed: RenderedFeed
+    feed: weakref.ref
     q: str
 
 
@@ -95,7 +100,7 @@ class FeedFastPath:
     def remember(self, environ: dict, stores: tuple, version: str, feed: RenderedFeed, q: str) -> None:
         """Called by the /feed view for each feed it answers."""
         with self._lock:
-            self._known[raw_key(environ)] = Known(stores, version, feed, q)
+            self._known[raw_key(environ)] = Known(stores, version, weakref.ref(feed), q)
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") != "/feed" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -103,7 +108,8 @@ class FeedFastPath:
         started = time.perf_counter()
         with self._lock:
             known = self._known.get(raw_key(environ))
-        if known is None:
+        feed = known.feed() if known is not None else None
+        if feed is None:  # never answered, or its feed has left the rendered-feed cache
             return self.app(environ, start_response)
         try:
             # current() also starts a refresh that has fallen due, as the Flask path does.
@@ -112,7 +118,7 @@ class FeedFastPath:
             return self.app(environ, start_response)
         if version != known.version:
             return self.app(environ, start_response)
-        status, headers, body = feed_answer(known.feed, max_age(known.stores), environ)
+        status, headers, body = feed_answer(feed, max_age(known.stores), environ)
         start_response(_STATUS[status], headers)
         elapsed = time.perf_counter() - started
         PENDING.add("/feed", str(status), "hit", elapsed)

@@ -118,3 +118,17 @@ def test_the_fast_path_steps_aside_when_the_snapshot_changes(app, client, upstre
     client.get("/feed?q=x")  # a request that refreshes (no background thread in tests)
     after = client.get("/feed?limit=500")
     assert b"4242 upvotes" in after.data and after.headers["ETag"] != before.headers["ETag"]
+
+
+def test_the_fast_path_keeps_no_feed_alive_that_the_feed_cache_let_go(app, client):
+    import gc
+
+    cache = app.extensions["feedproxy.feed_cache"]
+    cache._cache.clear()  # as when the byte bound evicts every feed
+    client.get("/feed?q=model")
+    with cache._lock:
+        cache._cache.clear()
+    gc.collect()
+    fast_path = app.extensions["feedproxy.fast_path"]
+    assert all(known.feed() is None for known in fast_path._known.values())
+    assert client.get("/feed?q=model").status_code == 200  # answered again by the view
