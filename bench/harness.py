@@ -514,6 +514,17 @@ def code_version() -> str:
     return commit + (" with uncommitted changes to the app" if changed else "")
 
 
+def publish(name: str, report: str, results: dict, json_path: Path | None, readme: bool) -> None:
+    """Print a benchmark's report and keep it: bench/results/NAME.md and .json, and README when asked."""
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(report + "\n", encoding="utf-8")
+    (json_path or RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if readme:
+        replace_readme_block(name, report)
+        print(f"{name}: README.md's Benchmarks section updated", file=sys.stderr)
+
+
 def replace_readme_block(name: str, markdown: str) -> None:
     """Put ``markdown`` between README's `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`.
 

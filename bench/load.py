@@ -24,7 +24,6 @@ the app's access log, and each worker's resident memory before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -86,14 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_at_end"] = harness.load_average()
     results["run_seconds"] = time.monotonic() - began
 
-    report = render_report(results, options)
-    print(report)
-    harness.RESULTS.mkdir(exist_ok=True)
-    (harness.RESULTS / "load.md").write_text(report + "\n", encoding="utf-8")
-    (options.json or harness.RESULTS / "load.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if options.readme:
-        harness.replace_readme_block("load", report)
-        print("load: README.md's Benchmarks section updated", file=sys.stderr)
+    harness.publish("load", render_report(results, options), results, options.json, options.readme)
     harness.tidy_workdir(work)
     print(f"load: done in {results['run_seconds']:.0f} s; logs in {work}", file=sys.stderr)
     return 0

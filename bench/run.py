@@ -129,20 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_at_end"] = harness.load_average()
     results["run_seconds"] = time.monotonic() - began
 
-    report = render_report(results)
-    print(report)
-    harness.RESULTS.mkdir(exist_ok=True)
-    (harness.RESULTS / "run.md").write_text(report + "\n", encoding="utf-8")
-    json_path = options.json or harness.RESULTS / "run.json"
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    harness.publish("run", render_report(results), results, options.json, options.readme)
     if "profiles" in results:
         profiles = results["profiles"].items()
         text = "\n\n".join(f"== {name}: {harness.profile_text(p)}" for name, p in profiles if "error" not in p)
         (harness.RESULTS / "profile.txt").write_text(text + "\n", encoding="utf-8")
         say(f"bench: profiles of one worker (new queries, cache hits) in {harness.RESULTS / 'profile.txt'}")
-    if options.readme:
-        harness.replace_readme_block("run", report)
-        say("bench: README.md's Benchmarks section updated")
     harness.tidy_workdir(work)
     say(f"bench: done in {results['run_seconds']:.0f} s; logs in {work}")
     return 0

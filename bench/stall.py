@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         upstream.stop()
     results["run_seconds"] = time.monotonic() - began
-    report = render(results, options)
-    print(report)
-    harness.RESULTS.mkdir(exist_ok=True)
-    (harness.RESULTS / "stall.md").write_text(report + "\n", encoding="utf-8")
-    (options.json or harness.RESULTS / "stall.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if options.readme:
-        harness.replace_readme_block("stall", report)
+    harness.publish("stall", render(results, options), results, options.json, options.readme)
     harness.tidy_workdir(work)
     return 0
 
