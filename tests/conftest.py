@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -39,6 +40,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+# The app's access lines go to pytest's log capture, not straight to the terminal: with a handler
+# already present, create_app does not add its batched stdout writer (tested on its own).
+logging.getLogger("feedproxy.access").addHandler(logging.NullHandler())
 
 
 @pytest.fixture(autouse=True)
