@@ -65,8 +65,6 @@ class FeedCache:
         self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda feed: feed.size())
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}  # scope -> the snapshot version its entries were made from
-        self.hits = 0
-        self.misses = 0
 
     def get_or_render(
         self, scope: str, version: str, key: Hashable, render: Callable[[], RenderedFeed]
@@ -85,9 +83,7 @@ class FeedCache:
                 self._versions[scope] = version
             feed = self._cache.get(key)
             if feed is not None:
-                self.hits += 1
                 return feed, True
-            self.misses += 1
         feed = render()
         with self._lock:
             if self._versions.get(scope) == version and feed.size() <= self._cache.maxsize:

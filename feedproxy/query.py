@@ -227,11 +227,6 @@ class TextAnalyser:
         )
 
 
-def analyse_text(text: str) -> Analysis:
-    """Analyse one text (see TextAnalyser.analyse)."""
-    return TextAnalyser().analyse(text)
-
-
 def tokenize(text: str) -> list[str]:
     """Return the normalised words of ``text``: compound parts, then the joined compound."""
     words: list[str] = []

@@ -146,7 +146,7 @@ class SnapshotStore:
         self.last_error_at: datetime | None = None
         self.last_success_at: datetime | None = None
         self.storage_error: str | None = None
-        self.fetch_count = 0  # pages requested from the source, for tests and health
+        self.fetch_count = 0  # pages this process requested from the source (tests check it)
         if storage is not None:
             self._load_saved()
 
@@ -166,7 +166,9 @@ class SnapshotStore:
             return self._wait_for_first()
         if self._due():
             if self.background:
-                threading.Thread(target=self.refresh_if_due, name="feedproxy-refresh", daemon=True).start()
+                # Every request while a refresh runs finds it due; only one thread is started for it.
+                if not self._refresh_lock.locked():
+                    threading.Thread(target=self.refresh_if_due, name="feedproxy-refresh", daemon=True).start()
             else:
                 self.refresh_if_due()
                 return self._snapshot or snapshot
