@@ -118,9 +118,11 @@ def feed() -> Response:
     )
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
     stores = tuple(source.store for source, _ in current)
-    # The next time this exact URL is asked, the WSGI fast path answers it while these snapshots last.
-    current_app.extensions["feedproxy.fast_path"].remember(
-        request.environ, stores, version, rendered, request.args.get("q", ""))
+    if params.url is None:
+        # The next time this exact URL is asked, the WSGI fast path answers it while these snapshots
+        # last. Not for url= feeds: their stores come and go (a bounded set), and it would keep them.
+        current_app.extensions["feedproxy.fast_path"].remember(
+            request.environ, stores, version, rendered, request.args.get("q", ""))
     status, headers, body = feed_answer(rendered, max_age(stores), request.environ)
     return Response(body, status=status, headers=headers)
 
