@@ -93,11 +93,22 @@ class Snapshot:
     fetched_at: datetime
     version: str
     index: PaperIndex = field(repr=False, compare=False)
+    # When this version of the content was first seen: feeds' Last-Modified. It moves whenever the
+    # content (so any feed's bytes) changes, and is saved with the snapshot so workers and restarts agree.
+    changed_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.changed_at is None:
+            object.__setattr__(self, "changed_at", self.fetched_at)
 
     @classmethod
-    def build(cls, papers: Iterable[Paper], fetched_at: datetime) -> "Snapshot":
+    def build(cls, papers: Iterable[Paper], fetched_at: datetime, changed_at: datetime | None = None) -> "Snapshot":
         ordered = tuple(newest_first(papers))
-        return cls(ordered, fetched_at, content_version(ordered), PaperIndex(ordered))
+        return cls(ordered, fetched_at, content_version(ordered), PaperIndex(ordered), changed_at)
+
+    def checked_again(self, fetched_at: datetime) -> "Snapshot":
+        """The same content, confirmed at ``fetched_at``: it keeps its version, index and changed_at."""
+        return replace(self, fetched_at=fetched_at)
 
     @property
     def newest(self) -> datetime | None:
@@ -314,16 +325,24 @@ class SnapshotStore:
         if fetched:
             merged = merge_window(held, fetched, self.window, now)
             if self._snapshot is None or content_version(merged) != self._snapshot.version:
-                self._snapshot = Snapshot.build(merged, now)
+                self._snapshot = Snapshot.build(merged, now, self._next_change_time(now))
                 del merged, held
                 release_memory()
             else:
-                self._snapshot = Snapshot(self._snapshot.papers, now, self._snapshot.version, self._snapshot.index)
+                self._snapshot = self._snapshot.checked_again(now)
             self._save()
         if error is None:
             self._record_success(now, pages, len(fetched), skipped)
         else:
             self._record_failure(now, error, pages)
+
+    def _next_change_time(self, now: datetime) -> datetime:
+        """The changed_at of new content: whole seconds (HTTP dates have no fractions), always later
+        than the held snapshot's, so If-Modified-Since can tell two versions of one second apart."""
+        moment = now.replace(microsecond=0)
+        if self._snapshot is not None and moment <= self._snapshot.changed_at:
+            moment = self._snapshot.changed_at.replace(microsecond=0) + timedelta(seconds=1)
+        return moment
 
     # -- the saved file --------------------------------------------------------------
 
@@ -333,10 +352,10 @@ class SnapshotStore:
         try:
             snapshot = self._snapshot
             validators = self._fetcher_validators()
-            self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers, validators))
+            self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers, validators,
+                                            snapshot.changed_at))
             self._loaded_mtime = self.storage.mtime()
-            self.storage.save_index(SavedIndex(self.source.description, self.window.days, snapshot.fetched_at,
-                                               snapshot.version, snapshot.index, validators))
+            self.storage.save_index(self._saved_index(validators))
             self.storage_error = None
         except StorageError as exc:
             self._storage_failed(exc)
@@ -360,10 +379,12 @@ class SnapshotStore:
         if self._snapshot is not None and saved.fetched_at <= self._snapshot.fetched_at:
             return
         papers = merge_window((), saved.papers, self.window, self.clock())
+        # The window may have dropped papers since it was saved: that is new content, first seen now.
+        changed_at = saved.changed_at if len(papers) == len(saved.papers) else self._next_change_time(self.clock())
         if self._snapshot is not None and content_version(papers) == self._snapshot.version:
-            self._snapshot = Snapshot(self._snapshot.papers, saved.fetched_at, self._snapshot.version, self._snapshot.index)
+            self._snapshot = replace(self._snapshot.checked_again(saved.fetched_at), changed_at=changed_at)
         else:
-            self._snapshot = Snapshot.build(papers, saved.fetched_at)
+            self._snapshot = Snapshot.build(papers, saved.fetched_at, changed_at)
         self._restore_validators(saved.validators)
         self._adopted(saved.fetched_at, "snapshot")
         self._save_index_only()
@@ -380,16 +401,20 @@ class SnapshotStore:
                 or (self._snapshot is not None and cached.fetched_at <= self._snapshot.fetched_at)):
             return False
         self._loaded_mtime = mtime
-        self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index)
+        self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index,
+                                  cached.changed_at)
         self._restore_validators(cached.validators)
         self._adopted(cached.fetched_at, "index cache")
         return True
 
-    def _save_index_only(self) -> None:
+    def _saved_index(self, validators: dict) -> SavedIndex:
         snapshot = self._snapshot
+        return SavedIndex(self.source.description, self.window.days, snapshot.fetched_at, snapshot.version,
+                          snapshot.index, validators, changed_at=snapshot.changed_at)
+
+    def _save_index_only(self) -> None:
         try:
-            self.storage.save_index(SavedIndex(self.source.description, self.window.days, snapshot.fetched_at,
-                                               snapshot.version, snapshot.index, self._fetcher_validators()))
+            self.storage.save_index(self._saved_index(self._fetcher_validators()))
         except StorageError as exc:
             self._storage_failed(exc)
 

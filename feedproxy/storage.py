@@ -82,6 +82,7 @@ class SavedIndex:
     version: str
     index: object  # a PaperIndex; typed loosely so this module needs no import of it
     validators: dict = field(default_factory=dict)
+    changed_at: datetime | None = None  # when this version was first seen (None: fetched_at)
     code: str = CODE_FINGERPRINT
 
 
@@ -95,6 +96,12 @@ class SavedSnapshot:
     # ETag/Last-Modified of the upstream answers this data came from, so whichever
     # worker refreshes next can ask conditionally.
     validators: dict = field(default_factory=dict)
+    # When this content was first seen (feeds' Last-Modified); files from before it was kept: fetched_at.
+    changed_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.changed_at is None:
+            object.__setattr__(self, "changed_at", self.fetched_at)
 
 
 def _paper_to_json(paper: Paper) -> dict:
@@ -143,6 +150,7 @@ class SnapshotFile:
             "format": FILE_FORMAT,
             "source": saved.source,
             "fetched_at": saved.fetched_at.isoformat(),
+            "changed_at": saved.changed_at.isoformat(),
             "papers": [_paper_to_json(p) for p in saved.papers],
             "validators": saved.validators,
         }
@@ -185,7 +193,8 @@ class SnapshotFile:
             papers = tuple(_paper_from_json(p) for p in document["papers"])
             validators = document.get("validators")
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
-                                 validators if isinstance(validators, dict) else {})
+                                 validators if isinstance(validators, dict) else {},
+                                 parse_timestamp(document.get("changed_at")))
         except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
             aside = self.move_aside()
             raise StorageError(

@@ -176,7 +176,10 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
         else "https://huggingface.co/papers",
     )
     fmt = FORMATS[params.format]
-    return RenderedFeed(fmt.render(info, papers), fmt.media_type, updated)
+    # Last-Modified is when the data was last seen to change, not the newest entry's date: a paper
+    # added with an older date, or new upvotes, change the bytes and must move it too.
+    changed = max(snapshot.changed_at for snapshot in snapshots)
+    return RenderedFeed(fmt.render(info, papers), fmt.media_type, changed)
 
 
 @bp.get("/sources")

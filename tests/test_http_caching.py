@@ -4,8 +4,11 @@ import gzip
 
 import pytest
 
+from feedproxy import create_app
 from feedproxy.feedcache import FeedCache, RenderedFeed
 from feedproxy.snapshot import utcnow
+
+from .conftest import make_config
 
 
 def test_validators_and_cache_control(client):
@@ -82,6 +85,60 @@ def test_new_snapshot_invalidates_rendered_feeds(app, client, upstream, clock):
     after = client.get("/feed?limit=500")  # this request refreshes (no background thread in tests)
     assert b"99999 upvotes" in after.data and b"99999 upvotes" not in before.data
     assert after.headers["ETag"] != before.headers["ETag"]
+
+
+def _older_paper_added(upstream):
+    """A paper put on Daily Papers with the same date as one already listed (2,348 corpus papers share one)."""
+    twin = upstream.items[3]
+    added = dict(twin, paper=dict(twin["paper"], id="2608.99999", title="A twin-dated paper"))
+    upstream.items.insert(4, added)
+
+
+def _upvotes_changed(upstream):
+    upstream.items[5] = dict(upstream.items[5], paper=dict(upstream.items[5]["paper"], upvotes=77777))
+
+
+@pytest.mark.parametrize("change", [_older_paper_added, _upvotes_changed])
+def test_last_modified_moves_whenever_the_feed_changes(client, upstream, clock, change):
+    """A reader that sends only If-Modified-Since must see a paper dated no later than the newest one."""
+    before = client.get("/feed?limit=500")
+    since = before.headers["Last-Modified"]
+    assert client.get("/feed?limit=500", headers={"If-Modified-Since": since}).status_code == 304
+    change(upstream)
+    clock.advance(901)
+    client.get("/feed?q=x")  # refreshes (no background thread in tests)
+    after = client.get("/feed?limit=500", headers={"If-Modified-Since": since})
+    assert after.status_code == 200 and after.data != before.data
+    assert after.headers["Last-Modified"] != since
+    again = client.get("/feed?limit=500", headers={"If-Modified-Since": after.headers["Last-Modified"]})
+    assert again.status_code == 304
+
+
+def test_last_modified_stays_while_the_data_is_unchanged(client, upstream, clock):
+    before = client.get("/feed?q=model")
+    clock.advance(901)
+    client.get("/feed?q=x")  # a refresh that finds nothing new
+    after = client.get("/feed?q=model", headers={"If-Modified-Since": before.headers["Last-Modified"]})
+    assert after.status_code == 304 and after.headers["Last-Modified"] == before.headers["Last-Modified"]
+
+
+def test_last_modified_survives_a_restart_and_is_shared_by_workers(tmp_path, upstream, clock):
+    config = make_config(upstream.url, data_dir=str(tmp_path))
+    client = create_app(config, clock=clock).test_client()
+    client.get("/feed?q=model")
+    _upvotes_changed(upstream)
+    clock.advance(901)
+    first = client.get("/feed?q=model")  # refreshed: new content, first seen now
+    clock.advance(901)
+    client.get("/feed?q=x")  # refreshed again, nothing new: the saved snapshot is newer, its content is not
+    clock.advance(60)  # a later restart, and another worker, read the saved snapshot and index
+    for _ in range(2):
+        again = create_app(config, clock=clock).test_client().get("/feed?q=model")
+        assert again.headers["Last-Modified"] == first.headers["Last-Modified"]
+        assert again.headers["ETag"] == first.headers["ETag"]
+    (tmp_path / "hf-daily" / "index.pickle").unlink()  # from the JSON snapshot alone, too
+    again = create_app(config, clock=clock).test_client().get("/feed?q=model")
+    assert again.headers["Last-Modified"] == first.headers["Last-Modified"]
 
 
 def test_cache_is_bounded_by_bytes():

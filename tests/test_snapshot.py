@@ -189,3 +189,19 @@ def test_undated_entries_keep_the_date_they_were_first_seen():
     first = merge_window([], [paper(1, 2, undated=True)], timedelta(days=30), T0)
     again = merge_window(first, [paper(1, 0, undated=True, upvotes=5)], timedelta(days=30), T0)
     assert again[0].published == first[0].published and again[0].upvotes == 5
+
+
+def test_each_new_version_is_stamped_later_than_the_last_in_whole_seconds(upstream, clock):
+    """changed_at is the feeds' Last-Modified: two versions within one second must still differ."""
+    store = store_for(upstream, clock, window_days=1000)
+    first = store.current()
+    assert first.changed_at == clock.now.replace(microsecond=0)
+    upstream.items[0] = dict(upstream.items[0], paper=dict(upstream.items[0]["paper"], upvotes=31337))
+    clock.advance(0.2)
+    assert store.refresh_now()  # what the refresher child runs: a fetch whatever is due
+    second = store.peek()
+    assert second.version != first.version and second.changed_at > first.changed_at
+    assert second.changed_at.microsecond == 0
+    clock.advance(0.2)
+    store.refresh_now()  # nothing changed: the version keeps its time
+    assert store.peek().changed_at == second.changed_at and store.peek().fetched_at == clock.now
