@@ -258,10 +258,8 @@ class SnapshotStore:
                     # Another worker is fetching: look at its file again shortly.
                     self._fresh_until = self.clock() + timedelta(seconds=FIRST_RETRY_SECONDS)
                     return
-                if self.storage.mtime() != self._loaded_mtime:
-                    self._load_saved()  # another worker saved since we last looked
-                self._adopt_shared_state()
-                if (self._snapshot is None and not self._backing_off()) or self._due():
+                self._take_up_shared()
+                if self._fetch_wanted():
                     self._fetch()
         except StorageError as exc:
             self._storage_failed(exc)
@@ -271,17 +269,30 @@ class SnapshotStore:
         """Let a child process refresh, then take up what it saved (or the failure it recorded)."""
         from .refresher import RefresherError
 
+        # What the other workers know may already settle it: a saved snapshot that is fresh, or a backoff
+        # in force. Then no child is started (each child costs a Python start and an index load).
+        self._take_up_shared()
+        if not self._fetch_wanted():
+            return
         try:
             self.refresher(wait)
         except RefresherError as exc:
             self._record_failure(self.clock(), UpstreamError(str(exc)), 0)
             return
-        if self.storage.mtime() != self._loaded_mtime:
-            self._load_saved()
-        self._adopt_shared_state()
+        self._take_up_shared()
         if self._due():
             # The child found the lock taken (another worker is refreshing): look again shortly.
             self._fresh_until = self.clock() + timedelta(seconds=FIRST_RETRY_SECONDS)
+
+    def _fetch_wanted(self) -> bool:
+        """Whether to ask the upstream now: nothing held and no backoff, or a refresh is due."""
+        return (self._snapshot is None and not self._backing_off()) or self._due()
+
+    def _take_up_shared(self) -> None:
+        """Load what another worker saved since we last looked, and adopt the folder's shared state."""
+        if self.storage.mtime() != self._loaded_mtime:
+            self._load_saved()
+        self._adopt_shared_state()
 
     def _adopt_shared_state(self) -> None:
         """Refresh with the other workers: their last success and their run of failures count here too."""
@@ -292,9 +303,12 @@ class SnapshotStore:
             self.last_success_at = checked
             self._fresh_until = checked + timedelta(seconds=self.refresh_seconds)
         state = self.storage.load_failure()
-        if state is not None and state.failures >= self._failures and state.next_attempt > self.clock():
+        if state is not None and state.failures >= self._failures:
+            # The run of failures goes on until a success removes the file, even once its wait has
+            # passed: so the next failure, in whichever process, waits twice as long (5 s, 10 s, 20 s...).
             self._failures = state.failures
-            self._next_attempt = state.next_attempt
+            if self._next_attempt is None or state.next_attempt > self._next_attempt:
+                self._next_attempt = state.next_attempt
             self.last_error, self.last_error_at = state.last_error, state.last_error_at
 
     def _fetch(self) -> None:

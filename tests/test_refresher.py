@@ -1,13 +1,15 @@
 """Refreshing in a child process (feedproxy.refresher), as workers with a data folder do."""
 
+import dataclasses
 import functools
+from datetime import timedelta
 
 import pytest
 
 from feedproxy import create_app
 from feedproxy.errors import NoData
 from feedproxy.refresher import RefresherError, run_in_child
-from feedproxy.snapshot import SnapshotStore
+from feedproxy.snapshot import SnapshotStore, utcnow
 from feedproxy.storage import SnapshotFile
 from feedproxy.upstream import HttpListing
 
@@ -60,3 +62,43 @@ def test_create_app_from_the_environment_refreshes_in_a_child(upstream, tmp_path
     store = app.extensions["feedproxy.store"]
     assert store.refresher is not None
     assert app.test_client().get("/feed").status_code == 200 and store.fetch_count == 0
+
+
+def _failures_on_disk(tmp_path):
+    return SnapshotFile(tmp_path / "hf-daily").load_failure()
+
+
+def test_backoff_grows_across_refresher_children(upstream, tmp_path):
+    """Each child is a new process: the run of failures must come from the folder, not start at 1."""
+    upstream.always = Fault(status=503)
+    store = child_store(upstream, tmp_path)
+    with pytest.raises(NoData):
+        store.current()
+    assert _failures_on_disk(tmp_path).failures == 1 and store.retry_after() <= 5
+    for failures, wait in ((2, 10), (3, 20), (4, 40)):
+        # As when the wait has passed: the next attempt, in a new child, doubles it.
+        state = _failures_on_disk(tmp_path)
+        SnapshotFile(tmp_path / "hf-daily").save_failure(
+            dataclasses.replace(state, next_attempt=utcnow() - timedelta(seconds=1)))
+        fresh = child_store(upstream, tmp_path)  # a worker (or a restart) that never failed itself
+        with pytest.raises(NoData) as err:
+            fresh.current()
+        assert _failures_on_disk(tmp_path).failures == failures
+        assert wait - 2 <= err.value.retry_after <= wait
+    assert len(upstream.requests) == 4
+
+
+def test_no_child_is_started_while_the_folder_backs_off(upstream, tmp_path):
+    upstream.always = Fault(status=503)
+    with pytest.raises(NoData):
+        child_store(upstream, tmp_path).current()
+    started = []
+
+    def counting(wait):
+        started.append(wait)
+        run_in_child(make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True), "hf-daily", wait)
+
+    other_worker = child_store(upstream, tmp_path, refresher=counting)
+    with pytest.raises(NoData) as err:
+        other_worker.current()
+    assert "HTTP 503" in err.value.reason and started == [] and len(upstream.requests) == 1
