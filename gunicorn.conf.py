@@ -8,6 +8,7 @@ every worker failing to boot with a traceback.
 
 import math
 import os
+import signal
 import sys
 
 from feedproxy.config import Config
@@ -69,3 +70,28 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Let a worker's quick stop run once, however many stop signals arrive.
+
+    Ctrl-C reaches a worker twice: SIGINT from the terminal and SIGQUIT from the
+    master. gunicorn's gthread worker handles each by shutting its thread pool down;
+    a second signal landing inside the first shutdown (likely while a thread holds
+    the GIL, loading a fresh index) waits forever on the pool's own lock, and the
+    master SIGKILLs the worker after graceful_timeout (about 27 s). Later signals
+    now do nothing: the first one is already stopping the worker.
+    """
+    quit_now = worker.handle_quit
+
+    def quit_once(signum, frame):
+        for stop_signal in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(stop_signal, _already_stopping)
+        quit_now(signum, frame)
+
+    for stop_signal in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(stop_signal, quit_once)
+
+
+def _already_stopping(signum, frame):
+    pass

@@ -267,7 +267,7 @@ class SnapshotStore:
 
     def _refresh_in_child(self, wait: float) -> None:
         """Let a child process refresh, then take up what it saved (or the failure it recorded)."""
-        from .refresher import RefresherError
+        from .refresher import RefresherError, RefresherStopped
 
         # What the other workers know may already settle it: a saved snapshot that is fresh, or a backoff
         # in force. Then no child is started (each child costs a Python start and an index load).
@@ -276,6 +276,12 @@ class SnapshotStore:
             return
         try:
             self.refresher(wait)
+        except RefresherStopped as exc:
+            # Pause without counting a failure: a stopping worker must not start child after child
+            # while its request threads finish (each would run a whole refresh before the worker exits).
+            self._next_attempt = self.clock() + timedelta(seconds=FIRST_RETRY_SECONDS)
+            self.last_error, self.last_error_at = str(exc), self.clock()
+            return
         except RefresherError as exc:
             self._record_failure(self.clock(), UpstreamError(str(exc)), 0)
             return

@@ -8,7 +8,7 @@ import pytest
 
 from feedproxy import create_app
 from feedproxy.errors import NoData
-from feedproxy.refresher import RefresherError, run_in_child
+from feedproxy.refresher import RefresherError, RefresherStopped, run_in_child
 from feedproxy.snapshot import SnapshotStore, utcnow
 from feedproxy.storage import SnapshotFile
 from feedproxy.upstream import HttpListing
@@ -102,3 +102,19 @@ def test_no_child_is_started_while_the_folder_backs_off(upstream, tmp_path):
     with pytest.raises(NoData) as err:
         other_worker.current()
     assert "HTTP 503" in err.value.reason and started == [] and len(upstream.requests) == 1
+
+
+def test_a_stopped_child_pauses_refreshing_without_counting_a_failure(upstream, tmp_path):
+    """A stopping worker's request threads must not start one child after another before it exits."""
+    started = []
+
+    def stopped(wait):
+        started.append(wait)
+        raise RefresherStopped("refresher: hf-daily was stopped before it finished (the service is stopping?)")
+
+    store = child_store(upstream, tmp_path, refresher=stopped)
+    for _ in range(3):
+        with pytest.raises(NoData) as err:
+            store.current()
+        assert "was stopped" in err.value.reason and 1 <= err.value.retry_after <= 5
+    assert len(started) == 1 and _failures_on_disk(tmp_path) is None
