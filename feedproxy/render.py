@@ -26,6 +26,13 @@ from .papers import Paper, strip_xml_forbidden
 
 HF_PAPERS_PAGE = "https://huggingface.co/papers"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+# The namespaces of an RSS document, with the prefixes feedgen declares on <rss> and readers look for:
+# rss-parser and others match the literal "content:encoded" and "dc:creator", not the namespace.
+RSS_NAMESPACES = {
+    "atom": "http://www.w3.org/2005/Atom",
+    "content": "http://purl.org/rss/1.0/modules/content/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
 
 
 @dataclass(frozen=True)
@@ -95,20 +102,21 @@ def _feed_generator(info: FeedInfo) -> FeedGenerator:
     return fg
 
 
-def _feed_entry(paper: Paper, dc_creators: bool = False) -> FeedEntry:
+def _feed_entry(paper: Paper, dc_creator: bool = False) -> FeedEntry:
     """One paper as a feedgen entry, for Atom and RSS alike."""
     entry = FeedEntry()
-    if dc_creators:
-        # RSS has no author element without an email address; dc:creator carries the names.
+    if dc_creator and paper.authors:
+        # RSS has no author element without an email address, so dc:creator carries the names: one
+        # element with all of them, as arXiv's RSS does, because readers such as newsboat keep only
+        # the last of several dc:creator.
         entry.load_extension("dc", atom=False, rss=True)
+        entry.dc.dc_creator(", ".join(_text(name) for name in paper.authors))
     entry.id(paper.url)
     entry.guid(paper.url, permalink=True)  # the paper's page is a real permalink
     entry.title(_text(paper.title))
     entry.link(href=paper.url, rel="alternate", type="text/html")
     for name in paper.authors:
         entry.author({"name": _text(name)})
-        if dc_creators:
-            entry.dc.dc_creator(_text(name))
     if paper.abstract:
         entry.summary(_text(paper.abstract), type="text")
     entry.content(entry_html(paper), type="html")
@@ -151,7 +159,16 @@ def _atom_entry(paper: Paper) -> bytes:
 
 
 def _rss_item(paper: Paper) -> bytes:
-    return etree.tostring(_feed_entry(paper, dc_creators=True).rss_entry(), encoding="UTF-8", xml_declaration=False)
+    """One <item>, using the prefixes of RSS_NAMESPACES and declaring none of them (<rss> does).
+
+    Serialised on its own, an item would declare a namespace on every element using it, and content's
+    under a made-up prefix (<ns0:encoded xmlns:ns0=...>), which prefix-matching parsers do not read.
+    Inside an element declaring RSS_NAMESPACES, its elements take those prefixes and declare nothing.
+    """
+    scope = etree.Element("scope", nsmap=RSS_NAMESPACES)
+    scope.append(_feed_entry(paper, dc_creator=True).rss_entry())
+    xml = etree.tostring(scope, encoding="UTF-8", xml_declaration=False)
+    return xml[xml.index(b">") + 1 : -len(b"</scope>")]
 
 
 def _splice(document: bytes, end_tag: bytes, entries: Iterable[bytes]) -> bytes:
@@ -171,9 +188,14 @@ def render_atom(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
 def render_rss(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     """Return an RSS 2.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
-    fg.load_extension("dc", atom=False, rss=True)
+    fg.load_extension("dc", atom=False, rss=True)  # declares xmlns:dc on <rss>, for the items' dc:creator
     fg.link(href=info.self_url, rel="self", type="application/rss+xml")  # atom:link, as validators ask
-    return _splice(fg.rss_str(pretty=False), b"</channel></rss>", (ENTRIES.get("rss", p, _rss_item) for p in papers))
+    head = fg.rss_str(pretty=False)
+    root = head[: head.index(b"<channel>")]
+    for prefix, uri in RSS_NAMESPACES.items():
+        if f'xmlns:{prefix}="{uri}"'.encode() not in root:  # the items use the prefix undeclared
+            raise ValueError(f"feedgen's <rss> does not declare xmlns:{prefix}={uri!r}")
+    return _splice(head, b"</channel></rss>", (ENTRIES.get("rss", p, _rss_item) for p in papers))
 
 
 def _rfc3339(when: datetime) -> str:

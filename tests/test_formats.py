@@ -2,7 +2,10 @@
 
 import email.utils
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import feedparser
@@ -20,6 +23,46 @@ SCHEMA = json.loads((Path(__file__).parent / "jsonfeed-1.1.schema.json").read_te
 RFC822 = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
                     r"\d{2}:\d{2}:\d{2} [+-]\d{4}$")
 ENVHARNESS = "https://huggingface.co/papers/2608.19880"
+# The prefixes readers expect, declared once on <rss>.
+RSS_NAMESPACES = {
+    "atom": "http://www.w3.org/2005/Atom",
+    "content": "http://purl.org/rss/1.0/modules/content/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
+JS = Path(__file__).parent / "js"  # package.json and package-lock.json of the JavaScript parsers
+
+
+def installed_version(package: str) -> str | None:
+    manifest = JS / "node_modules" / package / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
+
+
+@pytest.fixture(scope="session")
+def rss_parser():
+    """npm's rss-parser run by node: a function from feed bytes to the object JavaScript programs get.
+
+    Installed into tests/js/node_modules with `npm ci` (the only time npm reaches the registry) when
+    missing or not the version package.json pins. Without node: fails under CI, skipped elsewhere.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        message = "node and npm are needed to run rss-parser: run `bash .ci/install-node.sh`"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set, so this fails instead of skipping)", pytrace=False)
+        pytest.skip(message)
+    wanted = json.loads((JS / "package.json").read_text())["dependencies"]["rss-parser"]
+    if installed_version("rss-parser") != wanted:
+        done = subprocess.run([npm, "ci", "--prefix", str(JS), "--no-audit", "--no-fund"],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            pytest.fail(f"npm ci --prefix {JS} failed:\n{done.stderr}", pytrace=False)
+
+    def parse(feed: bytes) -> dict:
+        done = subprocess.run([node, str(JS / "read_feed.js")], input=feed, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        return json.loads(done.stdout)
+
+    return parse
 
 
 def test_atom_is_the_default_and_valid(client):
@@ -51,7 +94,44 @@ def test_rss_is_valid_rss_2(client):
     parsed = feedparser.parse(response.data)
     assert not parsed.bozo and parsed.version == "rss20" and len(parsed.entries) == len(items)
     entry = next(e for e in parsed.entries if e.id == ENVHARNESS)
-    assert [a.name for a in entry.authors][:2] == ["Chengsong Huang", "Zifeng Wang"]
+    assert entry.author.startswith("Chengsong Huang, Zifeng Wang, ")  # one dc:creator with every name
+
+
+def test_rss_namespaces_are_declared_once_on_the_root_with_the_usual_prefixes(client):
+    # Parsers such as rss-parser match "content:encoded" and "dc:creator" literally, so the prefixes
+    # matter: <ns0:encoded xmlns:ns0="...content/"> is the same XML to lxml and no content to them.
+    document = client.get("/feed?q=agent&format=rss").data
+    root = etree.fromstring(document)
+    assert root.nsmap == RSS_NAMESPACES
+    declarations = re.findall(rb'xmlns:?([\w.-]*)="([^"]*)"', document)
+    assert sorted(declarations) == sorted((p.encode(), u.encode()) for p, u in RSS_NAMESPACES.items())
+    assert re.match(rb"<\?xml [^>]*\?>\s*<rss [^>]*>", document).group().count(b"xmlns:") == 3
+    prefixes = {el.prefix for el in root.iter() if el.prefix is not None}
+    assert prefixes == {"atom", "content", "dc"} and b"ns0:" not in document
+    items = root.findall("channel/item")
+    assert document.count(b"<content:encoded>") == len(items) > 0
+
+
+def test_rss_has_one_dc_creator_per_item_with_every_author(client):
+    # newsboat and others keep only the last of several dc:creator: arXiv's RSS gives one with all names.
+    root = etree.fromstring(client.get("/feed?q=agent&format=rss").data)
+    authors = {i["id"]: [a["name"] for a in i.get("authors", [])]
+               for i in json.loads(client.get("/feed?q=agent&format=json").data)["items"]}
+    creator = f"{{{RSS_NAMESPACES['dc']}}}creator"
+    for item in root.findall("channel/item"):
+        names = authors[item.findtext("guid")]
+        assert [c.text for c in item.findall(creator)] == ([", ".join(names)] if names else [])
+    assert len(authors[ENVHARNESS]) > 2
+
+
+def test_rss_parser_reads_every_items_content_and_authors(client, rss_parser):
+    """npm's rss-parser, the feed parser of many JavaScript programs, finds content:encoded by its prefix."""
+    feed = rss_parser(client.get("/feed?q=agent&format=rss").data)
+    expected = json.loads(client.get("/feed?q=agent&format=json").data)["items"]
+    assert [i["guid"] for i in feed["items"]] == [i["id"] for i in expected] and expected
+    for item, want in zip(feed["items"], expected):
+        assert item.get("content:encoded") == want["content_html"]
+        assert item.get("creator") == (", ".join(a["name"] for a in want["authors"]) if "authors" in want else None)
 
 
 def test_json_feed_is_valid_json_feed_1_1(client):
