@@ -14,14 +14,13 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
 from .errors import NoData
 from .papers import Paper, strip_xml_forbidden
-from .params import SORTS, BadParameter, FeedRequest
+from .params import SORTS, BadParameter, FeedRequest, encode_params
 from .query import EMPTY_QUERY, QueryError, parse_query
 from .render import FORMATS
 from .sources import current_snapshots
@@ -40,6 +39,14 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _NAMED_PARAMETER = re.compile(r"^parameter '(\w+)'")
+SYNTAX_EXAMPLES = (
+    ("pretraining -survey", "every word must match (AND is the default); -word or NOT word excludes"),
+    ("pre-training", 'a hyphenated word is one term: finds "pre-training", "pretraining", "pretrained"'),
+    ("diffusion OR flow", "either word: OR (in capitals) or |"),
+    ("video (diffusion | flow)", "parentheses group: video AND (diffusion OR flow)"),
+    ('"language model"', "a phrase: the words next to each other, in this order"),
+    ('title:agent author:"g hinton"', "a word or phrase in one field: title:, abstract:, author:, keyword:"),
+)
 
 
 @dataclass(frozen=True)
@@ -55,36 +62,16 @@ class Preview:
     no_data: NoData | None = None
 
 
-def feed_params(q: str, params: FeedRequest) -> list[tuple[str, str]]:
-    """The feed's URL parameters: non-default ones only, in a fixed order, q as the user typed it."""
-    pairs = [("q", q)] if q else []
-    if params.min_upvotes != DEFAULTS.min_upvotes:
-        pairs.append(("min_upvotes", str(params.min_upvotes)))
-    if params.days is not None:
-        pairs.append(("days", str(params.days)))
-    if params.sort != DEFAULTS.sort:
-        pairs.append(("sort", params.sort))
-    if params.format != DEFAULTS.format:
-        pairs.append(("format", params.format))
-    if params.limit != DEFAULTS.limit:
-        pairs.append(("limit", str(params.limit)))
-    return pairs + _other_params(params)
-
-
-def _other_params(params: FeedRequest) -> list[tuple[str, str]]:
-    """Parameters /feed takes that the form has no control for, kept so the feed stays the same."""
-    pairs = []
-    if params.sources:
-        pairs.append(("source", ",".join(params.sources)))
-    if params.announce:
-        pairs.append(("announce", ",".join(params.announce)))
-    if params.url:
-        pairs.append(("url", params.url))
-    return pairs
-
-
 def _absolute(path: str, pairs: list[tuple[str, str]]) -> str:
-    return request.host_url + path + ("?" + urlencode(pairs) if pairs else "")
+    return request.host_url + path + ("?" + encode_params(pairs) if pairs else "")
+
+
+def example_links(args: MultiDict) -> list[tuple[str, str, str]]:
+    """The syntax examples as (query, meaning, page URL): each keeps the other parameters chosen."""
+    kept = [(k, v) for k, v in args.items(multi=True) if k != "q"]
+    page = url_for("page.index")
+    return [(example, meaning, page + "?" + encode_params([("q", example), *kept]))
+            for example, meaning in SYNTAX_EXAMPLES]
 
 
 def _window_days() -> int:
@@ -100,7 +87,7 @@ def build_preview(args: MultiDict) -> Preview:
         named = _NAMED_PARAMETER.match(str(exc))
         control = named.group(1) if named and named.group(1) in CONTROLS else "q"
         return Preview(error=str(exc), error_status=exc.status, error_control=control)
-    pairs = feed_params((args.get("q") or "").strip(), params)
+    pairs = params.url_params()
     # /opml needs a q even for "every paper", so the empty query is written q= there.
     opml_pairs = pairs if pairs and pairs[0][0] == "q" else [("q", ""), *pairs]
     found = dict(feed_url=_absolute("feed", pairs), opml_url=_absolute("opml", opml_pairs))
@@ -123,6 +110,7 @@ def index() -> Response:
         sorts=SORTS,
         formats=tuple(FORMATS),
         defaults=DEFAULTS,
+        examples=example_links(request.args),
     )
     response = Response(html, status=preview.error_status if preview.error else 200,
                         content_type="text/html; charset=utf-8")
@@ -177,7 +165,7 @@ def opml() -> Response:
         except QueryError as exc:
             return plain(f"'q' number {number} ({raw[:60]!r}) is not a valid query: {exc}", 400)
         params = parse_request_args(MultiDict([*shared, ("q", raw)]))
-        feeds.append((params.title(source_title), feed_params(raw.strip(), params)))
+        feeds.append((params.title(source_title), params.url_params()))
     return Response(
         render_opml(feeds),
         content_type="text/x-opml; charset=utf-8",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import quote, urlencode
 
 from werkzeug.datastructures import MultiDict
 
@@ -20,6 +21,15 @@ DEFAULT_LIMIT = 50
 SORTS = ("date", "upvotes", "relevance")
 ANNOUNCE_TYPES = ("new", "cross", "replace", "replace-cross")
 MAX_SOURCES = 10
+MAX_TITLE_QUERY = 200  # characters of the query shown in a feed's title
+# Left as they are in feed URLs, for readability (source lists, url= values); every other character
+# outside RFC 3986's unreserved set is percent-encoded, a space as %20.
+URL_SAFE = ":/,"
+
+
+def encode_params(pairs: Iterable[tuple[str, str]]) -> str:
+    """Write a query string the one way feedproxy spells URLs: the feed's self link and id, the page, OPML."""
+    return urlencode(list(pairs), quote_via=quote, safe=URL_SAFE)
 
 
 class BadParameter(ValueError):
@@ -47,27 +57,40 @@ class FeedRequest:
     sources: tuple[str, ...] = ()  # empty: the default source
     announce: tuple[str, ...] = ()  # arXiv announce types to keep; empty: all
     url: str | None = None  # a user-supplied feed URL (only when the operator allows it)
-    query_text: str = ""  # what the user typed, whitespace folded, for titles
+    query_text: str = ""  # what the user typed, whitespace folded (empty when the query is)
 
-    def canonical_params(self) -> list[tuple[str, str]]:
-        """The parameters that decide which papers match, in a fixed order, defaults left out."""
-        params = []
-        if self.url:
-            params.append(("url", self.url))
-        if self.sources:
-            params.append(("source", ",".join(self.sources)))
-        if not self.query.is_empty:
-            params.append(("q", self.query.normalised))
+    def url_params(self) -> list[tuple[str, str]]:
+        """Every parameter that shapes the feed, in one fixed order, defaults left out, q as typed.
+
+        The one spelling of a feed's URL: its rel=self and Atom id, the page's feed URL and OPML all
+        use it, so a reader sees one URL for one feed whatever order the request gave.
+        """
+        params = [("q", self.query_text)] if self.query_text else []
         if self.min_upvotes:
             params.append(("min_upvotes", str(self.min_upvotes)))
         if self.days is not None:
             params.append(("days", str(self.days)))
+        if self.sort != SORTS[0]:
+            params.append(("sort", self.sort))
+        if self.format != "atom":
+            params.append(("format", self.format))
+        if self.limit != DEFAULT_LIMIT:
+            params.append(("limit", str(self.limit)))
+        if self.sources:
+            params.append(("source", ",".join(self.sources)))
         if self.announce:
             params.append(("announce", ",".join(self.announce)))
+        if self.url:
+            params.append(("url", self.url))
         return params
 
+    def query_string(self) -> str:
+        """url_params(), percent-encoded: what follows /feed? in the feed's canonical URL."""
+        return encode_params(self.url_params())
+
     def title(self, source_title: str = "Daily Papers") -> str:
-        parts = [f"{source_title}: {self.query_text}" if self.query_text else source_title]
+        shown = self.query_text if len(self.query_text) <= MAX_TITLE_QUERY else self.query_text[:MAX_TITLE_QUERY] + "…"
+        parts = [f"{source_title}: {shown}" if shown else source_title]
         if self.min_upvotes:
             parts.append(f"{self.min_upvotes}+ upvotes")
         if self.days is not None:
@@ -147,5 +170,5 @@ def parse_feed_request(
         sources=sources,
         announce=tuple(a for a in ANNOUNCE_TYPES if a in announce),
         url=url,
-        query_text=" ".join((raw_q or "").split())[:200] if not query.is_empty else "",
+        query_text=" ".join((raw_q or "").split()) if not query.is_empty else "",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from urllib.parse import unquote_to_bytes, urlencode
+from urllib.parse import unquote_to_bytes
 
 from cachetools import LRUCache
 from flask import Blueprint, Response, current_app, g, request
@@ -112,9 +112,9 @@ def feed() -> Response:
         return plain(f"no papers yet: {exc.reason}", 503, {"Retry-After": str(exc.retry_after)})
     scope = ",".join(source.name for source, _ in current)
     version = "+".join(snapshot.version for _, snapshot in current)
-    # rel=self must equal the requested URL, so the URL is part of the key.
+    # The feed's own URL (rel=self, id) is made of the parameters and the host it was asked at.
     rendered, cached = _feed_cache().get_or_render(
-        scope, version, (params, request.url), lambda: render_feed(params, current)
+        scope, version, (params, request.host_url), lambda: render_feed(params, current)
     )
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
     stores = tuple(source.store for source, _ in current)
@@ -157,19 +157,25 @@ def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     )
 
 
+def feed_url(params: FeedRequest) -> str:
+    """The feed's canonical URL at the host it is asked at (the public one behind a proxy)."""
+    query_string = params.query_string()
+    return request.host_url + "feed" + ("?" + query_string if query_string else "")
+
+
 def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> RenderedFeed:
     """Filter the snapshots and render the feed the parameters ask for."""
     snapshots = [snapshot for _, snapshot in current]
     papers = find_papers(params, current)
-    canonical = params.canonical_params()
     newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
     # The newest entry's time; for an empty result the window's newest, so it
     # still moves only when the data does.
     updated = max((p.published for p in papers), default=newest or snapshots[0].fetched_at)
+    url = feed_url(params)
     info = FeedInfo(
-        id=request.host_url + "feed" + ("?" + urlencode(canonical) if canonical else ""),
+        id=url,
         title=params.title(" + ".join(source.title for source, _ in current)),
-        self_url=request.url,
+        self_url=url,
         updated=updated,
         subtitle=f"{', '.join(source.title for source, _ in current)}, filtered by feedproxy",
         alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"

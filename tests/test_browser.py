@@ -144,22 +144,25 @@ def test_typing_previews_the_papers_that_the_feed_url_serves(open_tab, server):
     page = tab.page
     everything = tab.papers()  # server-rendered: the empty query lists every paper
     page.locator("#q").press_sequentially("video generation", delay=25)
-    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=video+generation")
+    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=video%20generation")
     expect(page.locator("#preview-status")).to_contain_text("papers, as the feed lists them")
     previewed = tab.papers()
     assert 0 < len(previewed) < len(everything)
     assert feed_ids(page.input_value("#feed-url")) == previewed
     assert 1 <= len(tab.preview_requests) <= 3  # debounced: not one request per keystroke (16 keys)
-    assert page.url == f"{server}/?q=video+generation"  # the address can be shared and reloaded
+    assert page.url == f"{server}/?q=video%20generation"  # the address can be shared and reloaded
 
     page.select_option("#sort", "upvotes")
     page.fill("#limit", "3")
     page.select_option("#format", "json")
-    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=video+generation&sort=upvotes&format=json&limit=3")
+    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=video%20generation&sort=upvotes&format=json&limit=3")
     expect(page.locator("#papers li")).to_have_count(3)
     assert feed_ids(page.input_value("#feed-url")) == tab.papers()
     assert page.get_attribute("#subscribe", "href") == page.input_value("#feed-url")
-    assert page.get_attribute("#opml", "href") == f"{server}/opml?q=video+generation&sort=upvotes&format=json&limit=3"
+    assert page.get_attribute("#opml", "href") == f"{server}/opml?q=video%20generation&sort=upvotes&format=json&limit=3"
+    # The syntax examples keep what was chosen: following one changes the query alone.
+    example = page.locator("a.example").first
+    assert example.get_attribute("href") == "/?q=pretraining+-survey&sort=upvotes&format=json&limit=3"
     ranked = tab.papers()
 
     page.reload()  # the server renders the same state from the address alone
@@ -182,7 +185,7 @@ def test_an_invalid_query_shows_the_feeds_message_next_to_the_box(open_tab, serv
 
     page.keyboard.type(" flow")  # fixed: the message goes, the feed comes back
     expect(page.locator("#form-error")).to_be_hidden()
-    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=diffusion+OR+flow")
+    expect(page.locator("#feed-url")).to_have_value(f"{server}/feed?q=diffusion%20OR%20flow")
     assert page.get_attribute("#q", "aria-invalid") is None
     assert page.get_attribute("#q", "aria-describedby") == "q-hint"
 

@@ -130,8 +130,8 @@ def test_preview_shows_each_papers_date_and_upvotes(client):
         ("q=&min_upvotes=&days=&sort=date&format=atom&limit=50", "http://localhost/feed"),  # the no-JS form, untouched
         ("q=++Diffusion++&min_upvotes=0&sort=DATE&limit=50", "http://localhost/feed?q=Diffusion"),
         ("limit=7&format=json&sort=upvotes&days=30&min_upvotes=05&q=a+b",
-         "http://localhost/feed?q=a+b&min_upvotes=5&days=30&sort=upvotes&format=json&limit=7"),
-        ('q="language+model"+%26+co', "http://localhost/feed?q=%22language+model%22+%26+co"),
+         "http://localhost/feed?q=a%20b&min_upvotes=5&days=30&sort=upvotes&format=json&limit=7"),
+        ('q="language+model"+%26+co', "http://localhost/feed?q=%22language%20model%22%20%26%20co"),
     ],
 )
 def test_feed_url_is_absolute_with_only_non_default_parameters_in_a_fixed_order(client, query, feed_url):
@@ -218,7 +218,7 @@ def test_request_text_is_escaped_in_the_page(client):
     response, doc = get_page(client, "q=model+%22%3E%3Csvg+onload%3Dalert%281%29%3E%22")
     assert response.status_code == 200 and not doc.xpath("//svg")
     assert by_id(doc, "q").get("value") == attribute
-    assert by_id(doc, "feed-url").get("value") == "http://localhost/feed?q=model+%22%3E%3Csvg+onload%3Dalert%281%29%3E%22"
+    assert by_id(doc, "feed-url").get("value") == "http://localhost/feed?q=model%20%22%3E%3Csvg%20onload%3Dalert%281%29%3E%22"
 
 
 def test_paper_text_from_upstream_is_escaped(clock):
@@ -267,8 +267,8 @@ def test_opml_lists_one_working_feed_per_query(client):
          "htmlUrl": "http://localhost/?q=diffusion&min_upvotes=5&format=rss"},
         {"type": "rss", "text": 'Daily Papers: "language model" · 5+ upvotes',
          "title": 'Daily Papers: "language model" · 5+ upvotes',
-         "xmlUrl": "http://localhost/feed?q=%22language+model%22&min_upvotes=5&format=rss",
-         "htmlUrl": "http://localhost/?q=%22language+model%22&min_upvotes=5&format=rss"},
+         "xmlUrl": "http://localhost/feed?q=%22language%20model%22&min_upvotes=5&format=rss",
+         "htmlUrl": "http://localhost/?q=%22language%20model%22&min_upvotes=5&format=rss"},
     ]
     for outline in found:
         feed = client.get(outline["xmlUrl"])
@@ -314,3 +314,14 @@ def test_opml_refuses_bad_requests_saying_why(client, query, status, words):
         assert words in response.get_data(as_text=True)
     else:
         assert len(outlines(response)) == 50
+
+
+def test_syntax_examples_keep_the_chosen_format_limit_and_upvotes(client):
+    _, doc = get_page(client, "q=agents&format=rss&limit=7&min_upvotes=3&source=hf-daily")
+    links = doc.xpath("//a[@class='example']")
+    assert len(links) == 6
+    assert links[0].get("href") == "/?q=pretraining%20-survey&format=rss&limit=7&min_upvotes=3&source=hf-daily"
+    for link in links:
+        _, followed = get_page(client, link.get("href").removeprefix("/?"))
+        assert by_id(followed, "q").get("value") == link.get("data-q")
+        assert by_id(followed, "feed-url").get("value").endswith("min_upvotes=3&format=rss&limit=7")

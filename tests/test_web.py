@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import feedparser
 import pytest
+from lxml import etree
 
 from feedproxy import create_app
 
@@ -82,12 +83,27 @@ def test_empty_query_is_every_paper_and_limit_caps(client, items):
     assert entry_ids(check_atom(client.get("/feed?q=&limit=3").data)) == all_ids[:3]
 
 
-def test_feed_id_follows_the_normalised_query_and_the_title_the_typed_one(client):
-    a = check_atom(client.get("/feed?q=Pre-Training%20%20models&limit=5").data)
-    b = check_atom(client.get("/feed?q=pretraining+models").data)
-    assert a.findtext(f"{ATOM}id") == b.findtext(f"{ATOM}id")
-    assert a.findtext(f"{ATOM}title") == "Daily Papers: Pre-Training models"
-    assert b.findtext(f"{ATOM}title") == "Daily Papers: pretraining models"
+def test_feed_id_and_self_are_one_canonical_url_and_the_title_the_typed_query(client):
+    """One spelling for one feed: parameters in a fixed order, defaults left out, percent-encoded."""
+    canonical = "http://localhost/feed?q=Pre-Training%20models&sort=upvotes&limit=5"
+    for asked in ("/feed?limit=5&sort=UPVOTES&q=Pre-Training%20%20models&format=atom&min_upvotes=0",
+                  "/feed?q=Pre-Training+models&sort=upvotes&limit=5"):
+        root = check_atom(client.get(asked).data, self_url=canonical)
+        assert root.findtext(f"{ATOM}id") == canonical
+        assert root.findtext(f"{ATOM}title") == "Daily Papers: Pre-Training models"
+    # A parameter that changes the content changes the id: the newest and the most upvoted differ.
+    by_date = check_atom(client.get("/feed?q=Pre-Training+models&limit=5").data)
+    assert by_date.findtext(f"{ATOM}id") == "http://localhost/feed?q=Pre-Training%20models&limit=5"
+
+
+def test_the_page_opml_and_the_feed_spell_one_feed_url_the_same_way(client):
+    asked = "q=%22language+model%22+-survey&limit=20&format=rss&sort=relevance"
+    page_url = json.loads(client.get("/preview.json?" + asked).data)["feed_url"]
+    opml = client.get("/opml?" + asked).data
+    feed = client.get("/feed?" + asked).data
+    self_link = etree.fromstring(feed).find(f"channel/{ATOM}link[@rel='self']").get("href")
+    assert page_url == self_link == "http://localhost/feed?q=%22language%20model%22%20-survey&sort=relevance&format=rss&limit=20"
+    assert [o.get("xmlUrl") for o in etree.fromstring(opml).iter("outline")] == [page_url]
 
 
 @pytest.mark.parametrize(
@@ -155,3 +171,23 @@ def test_text_xml_forbids_cannot_break_the_feed(clock):
 def test_a_repeated_bad_request_gets_the_same_message_every_time(client):
     answers = {client.get("/feed?limit=0").get_data(as_text=True) for _ in range(3)}
     assert answers == {"parameter 'limit' must be from 1 to 500, got 0\n"}
+
+
+def test_the_readme_feed_urls_are_canonical_and_valid():
+    """The README's table shows each feed URL exactly as the feed names itself (percent-encoded)."""
+    from pathlib import Path
+    from urllib.parse import parse_qsl, urlsplit
+
+    from werkzeug.datastructures import MultiDict
+
+    from feedproxy.params import parse_feed_request
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Feed URLs"):readme.index("**One URL per feed.**")]
+    urls = re.findall(r"^\| `(/feed[^`]*)` \|", table, flags=re.M)
+    assert len(urls) == 8
+    for url in urls:
+        query = urlsplit(url).query
+        assert " " not in url and '"' not in url, url
+        params = parse_feed_request(MultiDict(parse_qsl(query)), 30, ["hf-daily", "arxiv-cs-lg"], "hf-daily")
+        assert params.query_string() == query, url

@@ -16,6 +16,7 @@
   const copyStatus = document.getElementById("copy-status");
   const status = document.getElementById("preview-status");
   const list = document.getElementById("papers");
+  const examples = document.querySelectorAll("a.example");
   let timer = null;
   let inFlight = null;
 
@@ -114,6 +115,12 @@
     // Keep the address shareable and reloadable: the page URL carries the same parameters.
     const search = body.feed_url ? new URL(body.feed_url).search : "?" + params;
     history.replaceState(null, "", form.getAttribute("action") + search);
+    // The syntax examples keep the chosen format, limit and the rest, as the server renders them.
+    for (const link of examples) {
+      const kept = new URLSearchParams(params);
+      kept.delete("q");
+      link.href = form.getAttribute("action") + "?" + new URLSearchParams([["q", link.dataset.q], ...kept]);
+    }
   }
 
   form.addEventListener("input", function () {
