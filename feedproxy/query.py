@@ -29,6 +29,10 @@ Decisions the spec leaves open:
   to search for, it is a QueryError instead, never a silent match-all.
 - A word that splits into several tokens without hyphens ("llama3.1", "e.g.")
   is searched as a phrase of them.
+- The plural of an acronym is its singular, which Snowball alone would not make
+  it: "LLMs", "llms", "LLM's" and "LLM" are one stem, "GPUs" and "GPU" another.
+  A lower-case "gpus" cannot be told from "focus" or "thus", so it keeps its s;
+  it still finds "GPUs", which the index also lists as written.
 - Curly quotes (“ ”) work like straight ones. ``AND`` is accepted and changes
   nothing. A field applies to one word or phrase, not to a parenthesised group.
 - ``-a OR b`` is an error: each side of OR must search for something, because
@@ -110,6 +114,18 @@ _COMPOUND = re.compile(rf"{_WORD}(?:-{_WORD})*")
 # "vision-language" finds "vision-language-action"; longer ones only whole.
 _MAX_RUN_PARTS = 6
 
+# Snowball removes a final s only from a word with a vowel before the letter
+# ahead of the s, so it keeps that of "LLMs" and "GPUs": the plural of an
+# acronym loses its s before stemming. Capitals then a lower-case s mark one ("LLMs", "GPUs",
+# "H100s"); text is searched in lower case, so _tokens gives these back their
+# capitals. Whatever its case, a word of four or more consonants ending in s is
+# one too ("llms", "LLMS", "PhDs"; y counts as a vowel): shorter ones are more
+# often acronyms that end in S ("TTS", "SDS", "GPS"), and "sos", "gas" or "us"
+# have a vowel. (The lookbehind stands where a leading \b would, so that a
+# search can skip ahead to capitals: three times faster.)
+_ACRONYM_PLURAL = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z0-9]+s\b")
+_VOWEL_LESS_PLURAL = re.compile(r"[b-df-hj-np-tv-xz]{3,}s")
+
 
 @functools.cache
 def _combining_marks() -> dict[int, None]:
@@ -133,10 +149,32 @@ def normalise_text(text: str) -> str:
 
 
 def _clean_word(word: str) -> str:
+    """Return a word of a token as it is stemmed: in lower case, without a possessive or an acronym's plural s."""
     # Possessive 's goes; other apostrophes join ("don't" -> "dont").
     if word.endswith("'s"):
         word = word[:-2]
-    return word.replace("'", "")
+    word = word.replace("'", "")
+    if _VOWEL_LESS_PLURAL.fullmatch(word):
+        return word[:-1]
+    return word[:-1].lower() if _has_capitals(word) else word
+
+
+def _has_capitals(word: str) -> bool:
+    # Only _tokens leaves capitals in a word, those of an acronym's plural, and
+    # always the first letter: a casefolded word starts with no ASCII capital.
+    return "A" <= word[:1] <= "Z"
+
+
+def _tokens(text: str) -> list[str]:
+    """Return the words and hyphenated compounds of ``text``, normalised, an acronym's plural in capitals."""
+    tokens = _COMPOUND.findall(normalise_text(text))
+    if not _ACRONYM_PLURAL.search(text):  # most texts; a search costs a fraction of a findall
+        return tokens
+    plurals = {word.lower(): word for word in _ACRONYM_PLURAL.findall(text)}
+    return [
+        plurals.get(token) or ("-".join(plurals.get(w, w) for w in token.split("-")) if "-" in token else token)
+        for token in tokens
+    ]
 
 
 _local = threading.local()
@@ -192,7 +230,7 @@ class TextAnalyser:
         """
         stems: list[str] = []
         compounds: list[Compound] = []
-        for token in _COMPOUND.findall(normalise_text(text)):
+        for token in _tokens(text):
             known = self._known.get(token)
             if known is None:
                 known = self._known[token] = self._analyse_token(token)
@@ -214,13 +252,26 @@ class TextAnalyser:
         return found
 
     def _analyse_token(self, token: str) -> str | tuple[tuple[str, ...], tuple[Compound, ...]]:
-        if "-" not in token:
+        if "-" not in token and not _has_capitals(token):
             return self._stem(_clean_word(token))
-        words = [_clean_word(w) for w in token.split("-")]
+        spelled = token.split("-")
+        words = [_clean_word(w) for w in spelled]
         parts = tuple(self._stem(w) for w in words)
+        compounds = self._runs(words, parts)
+        if any(map(_has_capitals, spelled)):
+            # An acronym's plural is also found as it reads in lower case, where
+            # nothing tells it from a word in -us or -as: "gpus" still finds
+            # "GPUs", stemmed "gpu", and "gpus-based" finds "GPUs-based".
+            lowered = [_clean_word(w.lower()) for w in spelled]
+            aliases = [Compound(a, (part,)) for a, part in zip(map(self._stem, lowered), parts) if a != part]
+            compounds = tuple(dict.fromkeys((*compounds, *aliases, *self._runs(lowered, parts))))
+        return parts[0] if len(parts) == 1 and not compounds else (parts, compounds)
+
+    def _runs(self, words: list[str], parts: tuple[str, ...]) -> tuple[Compound, ...]:
+        """Return the joined stems of a compound's runs of parts (none for a single word)."""
         if len(words) > _MAX_RUN_PARTS:
-            return parts, (Compound(self._stem("".join(words)), parts),)
-        return parts, tuple(
+            return (Compound(self._stem("".join(words)), parts),)
+        return tuple(
             Compound(self._stem("".join(words[start:end])), parts[start:end])
             for start, end in itertools.combinations(range(len(words) + 1), 2)
             if end - start > 1
@@ -230,8 +281,8 @@ class TextAnalyser:
 def tokenize(text: str) -> list[str]:
     """Return the normalised words of ``text``: compound parts, then the joined compound."""
     words: list[str] = []
-    for match in _COMPOUND.finditer(normalise_text(text)):
-        parts = [_clean_word(w) for w in match.group().split("-")]
+    for token in _tokens(text):
+        parts = [_clean_word(w) for w in token.split("-")]
         words.extend(parts)
         if len(parts) > 1:
             words.append("".join(parts))
@@ -244,8 +295,8 @@ def query_words(text: str) -> tuple[tuple[str, str], ...]:
     A compound is one word, joined: "Pre-Training" gives ("pretraining", "pretrain").
     """
     pairs = []
-    for match in _COMPOUND.finditer(normalise_text(text)):
-        word = "".join(_clean_word(w) for w in match.group().split("-"))
+    for token in _tokens(text):
+        word = "".join(_clean_word(w) for w in token.split("-"))
         pairs.append((word, stem(word)))
     return tuple(pairs)
 

@@ -57,7 +57,11 @@ TITLE_HIT = Paper(
 ABSTRACT_HIT = Paper(
     id="2601.00021", title="Retrieval Ranking Notes", abstract="We study okapi of documents.", published=_utc(2026, 1, 2)
 )
-HAND_BUILT = [PRETRAINER, MARKUP, TWIN_A, TWIN_B, TWIN_NEWER, TITLE_HIT, ABSTRACT_HIT]
+# HAND-BUILT: no fixture holds an acronym's plural in a hyphenated compound.
+ACRONYM_COMPOUNDS = Paper(
+    id="2601.00030", title="Routing LLMs-based Serving on Multi-GPUs Nodes", published=_utc(2026, 1, 3)
+)
+HAND_BUILT = [PRETRAINER, MARKUP, TWIN_A, TWIN_B, TWIN_NEWER, TITLE_HIT, ABSTRACT_HIT, ACRONYM_COMPOUNDS]
 
 # "pre-training", "pretraining", "pre-trained", "pretrained", "pre-train" in real abstracts and titles.
 PRETRAIN = {
@@ -75,6 +79,13 @@ LANGUAGE_MODEL = {
     "2608.20202", "2608.19854", "2608.19758", "2608.20281", "2608.19891", "2608.18027", "2608.19863",
 }  # fmt: skip
 TWINS = {TWIN_A.id, TWIN_B.id, TWIN_NEWER.id}
+# "LLM" or "LLMs" in real titles and abstracts (every paper with "LLMs" also has "LLM"), and
+# "LLMs-based" in the hand-built one.
+LLM = {
+    "2405.15319", "2506.08001", "2608.13120", "2608.18027", "2608.19758", "2608.19861", "2608.19880", "2608.20202",
+    ACRONYM_COMPOUNDS.id,
+}  # fmt: skip
+GPU = {"2506.08889", "2608.19758", ACRONYM_COMPOUNDS.id}  # "H100 GPU", "H20 GPUs", "Multi-GPUs"
 
 CASES = [
     # Stems and hyphenated compounds, any spelling or case.
@@ -166,6 +177,31 @@ CASES = [
     ('author:"tomas pfister"', {"2608.19880"}),
     ('author:"pfister chen"', set()),  # "Tomas Pfister", "Chen-Yu Lee": two names
     ("author:agent", set()),
+    # An acronym's plural is its singular, in words, phrases and compounds.
+    ("LLM", LLM),
+    ("LLMs", LLM),
+    ("llms", LLM),
+    ("LLMS", LLM),
+    ("LLM OR LLMs", LLM),
+    ("GPU", GPU),
+    ("GPUs", GPU),
+    ("GPU OR GPUs", GPU),
+    # Lower case, "gpus" could be a word like "focus": it finds only the plural.
+    ("gpus", {"2608.19758", ACRONYM_COMPOUNDS.id}),
+    ("VLM", {"2608.19891"}),  # "VLM" only
+    ("VLMs", {"2608.19891"}),
+    ("MLLM", {"2608.13210"}),  # "MLLMs" only
+    ("MLLMs", {"2608.13210"}),
+    ("mllms", {"2608.13210"}),
+    ('"training LLM"', {"2405.15319", "2506.08001"}),  # "pre-training LLMs", "training LLMs"
+    ('"LLMs agents"', {"2608.19861", "2608.19880"}),  # "LLM agents"
+    ("LLM-based", {ACRONYM_COMPOUNDS.id}),
+    ("llms-based", {ACRONYM_COMPOUNDS.id}),
+    ("multi-GPU", {ACRONYM_COMPOUNDS.id}),
+    ("multi-gpus", {ACRONYM_COMPOUNDS.id}),
+    # Words ending in s that are no plural of an acronym keep their s.
+    ("US", {"2506.09350"}),  # "allows us"
+    ("TTS", {"2405.15216"}),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import snowballstemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,14 +12,17 @@ from feedproxy.query import (
     MAX_QUERY_LENGTH,
     MAX_TERMS,
     And,
+    Compound,
     Not,
     Or,
     Phrase,
     Query,
     QueryError,
     Term,
+    TextAnalyser,
     normalise_text,
     parse_query,
+    query_words,
     tokenize,
 )
 
@@ -56,6 +60,8 @@ VALID = [
     ("<b>Bold</b> caf&eacute; Schrödinger", "bold cafe schrodinger"),
     ("or and not", "or and not"),  # lower case: words
     ("accelerate acceler", "accelerate acceler"),  # Snowball: acceler -> accel, so two stems
+    ("LLMs -GPUs", "llm -gpu"),  # an acronym's plural is written as its singular
+    ('"MLLMs-based agents"', '"mllmbased agents"'),
 ]
 
 
@@ -96,6 +102,12 @@ def test_equivalent_spellings_have_one_canonical_form(spellings):
         ["pretraining", "pretrained", "Pre-Trained", "pre-train", "Pretrainer's", "PRETRAINERS"],
         ['"language model"', '"language models"', '"Language Modeling"'],
         ["agent", "agents", "Agent's"],
+        ["LLM", "LLMs", "llms", "LLMS", "LLM's", "llm"],
+        ["GPU", "GPUs", "gpu"],
+        ["VLM", "VLMs", "vlms"],
+        ["MLLM", "MLLMs", "mllms"],
+        ["LLM-based", "LLMs-based", "llms-based"],
+        ['"LLM agents"', '"LLMs agents"'],
     ],
 )
 def test_words_with_one_stem_search_alike(words):
@@ -255,11 +267,46 @@ def test_tokenize_keeps_compound_parts_and_joined_form():
     ]
 
 
+@pytest.mark.parametrize(
+    ("word", "stem"),
+    [("LLMs", "llm"), ("llms", "llm"), ("LLMS", "llm"), ("GPUs", "gpu"), ("VLMs", "vlm"), ("MLLMs", "mllm"),
+     ("LMs", "lm"), ("H100s", "h100"), ("PhDs", "phd")],
+)  # fmt: skip
+def test_an_acronym_plural_has_the_stem_of_its_singular(word, stem):
+    assert [s for _, s in query_words(word)] == [stem]
+    assert TextAnalyser().analyse(word).stems == [stem]
+
+
+@pytest.mark.parametrize(
+    "word",
+    # Ordinary words; acronyms that end in S; lower-case words that could be a plural or a word in -us.
+    ["US", "us", "Is", "is", "as", "its", "this", "thus", "gas", "lens", "bias", "focus", "analysis", "SOS", "AIs",
+     "TTS", "GPS", "FPS", "CPUS", "gpus", "vlas"],
+)  # fmt: skip
+def test_other_words_ending_in_s_keep_their_snowball_stem(word):
+    snowball = snowballstemmer.stemmer("english").stemWord(word.lower())
+    assert [s for _, s in query_words(word)] == [snowball]
+    assert TextAnalyser().analyse(word).stems == [snowball]
+
+
+def test_an_acronym_plural_in_text_is_also_listed_as_it_reads_in_lower_case():
+    analysis = TextAnalyser().analyse("LLMs on GPUs; LLMs-based multi-GPUs (and GPU's)")
+    assert analysis.stems == ["llm", "on", "gpu", "llm", "base", "multi", "gpu", "and", "gpu"]
+    # A query "gpus" (Snowball keeps the s, as in "focus") finds "GPUs"; "llms" needs no such help.
+    assert set(analysis.compounds) == {
+        Compound("gpus", ("gpu",)),
+        Compound("llmbase", ("llm", "base")),
+        Compound("multigpu", ("multi", "gpu")),
+        Compound("multigpus", ("multi", "gpu")),
+    }
+
+
 # Pieces of the query language, so generated queries reach the parser's
 # corners rather than only its lexer.
 _PIECES = st.sampled_from(
     ["OR", "|", "-", "NOT", "AND", "(", ")", '"', "\u201c", "title:", "author:", "Keyword:", "foo:", ":", "a", "pre-training",
-     "Pretrainer's", "!!", "---", "x-", "-y", "\x00", "\ud800", " ", "  ", "é", "ﬁ", "&amp;", "<b>", "1.0"]
+     "Pretrainer's", "!!", "---", "x-", "-y", "\x00", "\ud800", " ", "  ", "é", "ﬁ", "&amp;", "<b>", "1.0", "LLMs",
+     "GPUs", "llms"]
 )  # fmt: skip
 
 

@@ -4,10 +4,11 @@ import dataclasses
 import gzip
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
-from feedproxy import create_app
+from feedproxy import create_app, storage
 from feedproxy.papers import paper_from_item
 from feedproxy.query import parse_query
 from feedproxy.errors import NoData
@@ -147,6 +148,14 @@ def test_an_index_cache_that_does_not_match_is_ignored_and_rebuilt(tmp_path, ups
     restarted = SnapshotStore(source, clock=clock, window_days=window, background=False, storage=SnapshotFile(tmp_path))
     assert restarted.peek().version == first.version  # rebuilt from the JSON snapshot
     assert SnapshotFile(tmp_path).load_index().window_days == window  # and the cache written anew
+
+
+def test_a_change_to_the_text_analysis_makes_index_caches_stale(monkeypatch):
+    # The index holds stems: one pickled under another analysis (another
+    # query.py, e.g. before acronym plurals lost their s) must be rebuilt.
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + b"#" * (path.name == "query.py"))
+    assert storage._code_fingerprint() != storage.CODE_FINGERPRINT
 
 
 def test_workers_back_off_together_during_an_outage(tmp_path, upstream, clock):
