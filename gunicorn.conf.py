@@ -6,8 +6,10 @@ here, in the master, so a bad value stops start with one clear line instead of
 every worker failing to boot with a traceback.
 """
 
+import fcntl
 import math
 import os
+import shutil
 import signal
 import sys
 
@@ -52,18 +54,56 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode: each worker writes its metric values to files in
 # one folder and /metrics sums them, whichever worker answers. The folder must be
-# set before the workers import prometheus_client, and emptied at each start so
-# counters from an earlier run are not added in.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(feedproxy_config.data_dir, "metrics")
-os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+# set before the workers import prometheus_client. Each instance (gunicorn master)
+# has a folder of its own below the metrics root, named by its pid and locked while
+# it runs, so a second instance on the same data folder (two `make run` of one user
+# share ~/.cache/feedproxy) neither adds in nor deletes the first one's counters.
+_metrics_root = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(feedproxy_config.data_dir, "metrics")
+_metrics_dir = os.path.join(_metrics_root, f"instance-{os.getpid()}")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+_INSTANCE_LOCK = "instance.lock"
+_held_locks = []  # the open lock file of this instance's folder: closed (released) when the master exits
+
+
+def _locked_by_a_running_instance(folder: str) -> bool:
+    try:
+        handle = open(os.path.join(folder, _INSTANCE_LOCK), "a+")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def on_starting(server):
-    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    for name in os.listdir(folder):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(folder, name))
+    """Make this instance's metrics folder; remove those of instances that no longer run; say who shares."""
+    os.makedirs(_metrics_dir, exist_ok=True)
+    handle = open(os.path.join(_metrics_dir, _INSTANCE_LOCK), "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held_locks.append(handle)
+    for name in os.listdir(_metrics_root):
+        folder = os.path.join(_metrics_root, name)
+        if folder == _metrics_dir or not os.path.isdir(folder):
+            continue
+        if name.startswith("instance-") and _locked_by_a_running_instance(folder):
+            server.log.warning(
+                "feedproxy: another instance (gunicorn master pid %s) uses the data folder %s: the two share "
+                "saved snapshots (fine for the same FEEDPROXY_UPSTREAM_URL) and keep their metrics apart; "
+                "give each its own FEEDPROXY_DATA_DIR to keep them fully apart",
+                name.removeprefix("instance-"), feedproxy_config.data_dir)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)  # an instance that has stopped: its counts are over
+    for name in os.listdir(_metrics_root):
+        if name.endswith(".db"):  # left by versions that wrote straight into the root
+            os.unlink(os.path.join(_metrics_root, name))
+
+
+def on_exit(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -94,3 +94,35 @@ def test_metrics_count_every_workers_requests(upstream, tmp_path):
     # Whichever worker answers, /metrics reports the requests of both (41: the warm-up one too).
     assert seen == {41.0}
     assert (tmp_path / "metrics").is_dir()
+
+
+def _feed_requests_counted(base: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=5).text
+    lines = [l for l in text.splitlines() if l.startswith('feedproxy_http_requests_total{route="/feed",status="200"}')]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_a_second_instance_on_the_same_data_folder_keeps_apart_and_says_so(upstream, tmp_path):
+    """Two `make run` of one user share ~/.cache/feedproxy: the second must not wipe the first's metrics."""
+    settings = {"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                "FEEDPROXY_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+    first, first_base = start_gunicorn(settings)
+    second = None
+    try:
+        wait_for_feed(first_base, first)
+        for _ in range(5):
+            httpx.get(first_base + "/feed?q=probe", timeout=5)
+        time.sleep(1.5)  # a worker adds its counts to the shared files once a second
+        before = _feed_requests_counted(first_base)
+        assert before >= 6
+        second, second_base = start_gunicorn(settings)
+        wait_for_feed(second_base, second)
+        time.sleep(1.5)
+        assert _feed_requests_counted(first_base) >= before  # its files were not deleted
+        assert _feed_requests_counted(second_base) == 1  # nor added into the second's
+    finally:
+        second_log = stop(second) if second is not None else ""
+        stop(first)
+    assert "another instance (gunicorn master pid" in second_log and "uses the data folder" in second_log
+    assert "Traceback" not in second_log
+    assert [p.name for p in (tmp_path / "metrics").iterdir()] == []  # each removed its own on exit
