@@ -61,6 +61,8 @@ control_socket_disable = True
 _metrics_root = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(feedproxy_config.data_dir, "metrics")
 _metrics_dir = os.path.join(_metrics_root, f"instance-{os.getpid()}")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+# Now, not at on_starting: `gunicorn --print-config` and --check-config load the app without starting.
+os.makedirs(_metrics_dir, exist_ok=True)
 _INSTANCE_LOCK = "instance.lock"
 _held_locks = []  # the open lock file of this instance's folder: closed (released) when the master exits
 
@@ -80,8 +82,7 @@ def _locked_by_a_running_instance(folder: str) -> bool:
 
 
 def on_starting(server):
-    """Make this instance's metrics folder; remove those of instances that no longer run; say who shares."""
-    os.makedirs(_metrics_dir, exist_ok=True)
+    """Lock this instance's metrics folder; remove those of instances that no longer run; say who shares."""
     handle = open(os.path.join(_metrics_dir, _INSTANCE_LOCK), "a+")
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _held_locks.append(handle)
