@@ -16,6 +16,7 @@ import gc
 import hashlib
 import logging
 import threading
+from functools import cached_property
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
@@ -113,6 +114,11 @@ class Snapshot:
     @property
     def newest(self) -> datetime | None:
         return self.papers[0].published if self.papers else None
+
+    @cached_property
+    def has_announce_types(self) -> bool:
+        """Whether any paper carries an arXiv announce type (only arXiv listings give them)."""
+        return any(p.announce_type for p in self.papers)
 
 
 class SnapshotStore:

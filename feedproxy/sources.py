@@ -30,6 +30,15 @@ class Source:
     title: str
     store: SnapshotStore
 
+    def carries_announce_types(self) -> bool | None:
+        """Whether this source's papers carry arXiv announce types; None while it holds none to tell by.
+
+        Read off the papers held, not the URL: arXiv's announcement listings give a type per entry
+        (feeds.py reads it), so a mirror of one counts; Daily Papers and other feeds never do.
+        """
+        snapshot = self.store.peek()
+        return snapshot.has_announce_types if snapshot is not None and snapshot.papers else None
+
 
 class SourceRegistry:
     """The configured sources by name, the default first, plus a bounded set of ad-hoc URL sources."""
