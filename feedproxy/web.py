@@ -270,6 +270,7 @@ def health_report(store: SnapshotStore) -> dict:
         "next_refresh_in_seconds": store.seconds_until_refresh(),
         "source": store.source.description,
         "storage_error": store.storage_error,
+        "saved_snapshot_ignored": store.saved_snapshot_ignored,
     }
 
 
