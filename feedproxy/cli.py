@@ -20,9 +20,12 @@ from .errors import UpstreamError
 from .params import SORTS
 from .query import QueryError, parse_query
 from .snapshot import Snapshot
-from .sources import search_snapshots
+from .sources import count_matches, search_snapshots
 from .storage import SnapshotFile, StorageError, default_data_dir
 from .upstream import FileListing
+
+# How the papers shown are chosen, for "showing the newest 50".
+_FIRST_BY_SORT = {"date": "newest", "upvotes": "most upvoted", "relevance": "most relevant"}
 
 
 def _papers_from_listing(path: str):
@@ -67,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feedproxy: {exc}", file=sys.stderr)
         return 1
     snapshot = Snapshot.build(papers, datetime.now(timezone.utc))
-    found = search_snapshots([snapshot], parsed, now=datetime.now(timezone.utc), min_upvotes=args.min_upvotes,
-                             days=args.days, sort=args.sort, limit=max(1, args.limit))
+    filters = dict(now=datetime.now(timezone.utc), min_upvotes=args.min_upvotes, days=args.days)
+    found = search_snapshots([snapshot], parsed, sort=args.sort, limit=max(1, args.limit), **filters)
     for paper in found:
         print(f"{paper.id}  {paper.published:%Y-%m-%d}  {paper.upvotes:>4}  {paper.title}")
-    print(f"{len(found)} of {len(snapshot.papers)} papers match {args.q!r}", file=sys.stderr)
+    matching = count_matches([snapshot], parsed, **filters)
+    summary = f"{matching} of {len(snapshot.papers)} papers match {args.q!r}"
+    if len(found) < matching:
+        summary += f"; showing the {_FIRST_BY_SORT[args.sort]} {len(found)} (--limit)"
+    print(summary, file=sys.stderr)
     return 0
 
 

@@ -185,6 +185,11 @@ class PaperIndex:
             found = self._most_relevant(query.root, search.matches(query.root), limit)
         return [self.papers[n] for n in found]
 
+    def count(self, query: Query, *, min_upvotes: int = 0, since: datetime | None = None) -> int:
+        """Return how many papers match ``query`` and the filters: a bit count, none of them listed or sorted."""
+        scope = self._scope(min_upvotes, since)
+        return _Search(self, scope).matches(query.root).bit_count() if scope else 0
+
     def _scope(self, min_upvotes: int, since: datetime | None) -> int:
         """Return the papers that pass the filters."""
         scope = self._all

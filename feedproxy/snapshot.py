@@ -16,6 +16,7 @@ import gc
 import hashlib
 import logging
 import threading
+from functools import cached_property
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
@@ -114,6 +115,11 @@ class Snapshot:
     def newest(self) -> datetime | None:
         return self.papers[0].published if self.papers else None
 
+    @cached_property
+    def has_announce_types(self) -> bool:
+        """Whether any paper carries an arXiv announce type (only arXiv listings give them)."""
+        return any(p.announce_type for p in self.papers)
+
 
 class SnapshotStore:
     """Holds the current Snapshot and refreshes it from a ListingSource when due.
@@ -157,6 +163,9 @@ class SnapshotStore:
         self.last_error_at: datetime | None = None
         self.last_success_at: datetime | None = None
         self.storage_error: str | None = None
+        # Why the saved snapshot in the folder was not used (it is from another upstream), until a save
+        # replaces it: /healthz shows it, and so does the 503 answered while no papers are held.
+        self.saved_snapshot_ignored: str | None = None
         self.fetch_count = 0  # pages this process requested from the source (tests check it)
         if storage is not None:
             self._load_saved()
@@ -197,7 +206,10 @@ class SnapshotStore:
                 self._refresh_lock.release()
         if self._snapshot is not None:
             return self._snapshot
-        raise NoData(self.last_error or "the first fetch from the upstream is still running", self.retry_after())
+        reason = self.last_error or "the first fetch from the upstream is still running"
+        if self.saved_snapshot_ignored:
+            reason = f"{self.saved_snapshot_ignored}; {reason}"
+        raise NoData(reason, self.retry_after())
 
     def retry_after(self) -> int:
         """Seconds until the next refresh attempt, for Retry-After headers (at least 1)."""
@@ -375,6 +387,7 @@ class SnapshotStore:
             self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers, validators,
                                             snapshot.changed_at))
             self._loaded_mtime = self.storage.mtime()
+            self.saved_snapshot_ignored = None  # the file is ours now
             self.storage.save_index(self._saved_index(validators))
             self.storage_error = None
         except StorageError as exc:
@@ -395,7 +408,11 @@ class SnapshotStore:
             return
         if saved.source != self.source.description:
             log.warning("saved snapshot ignored: it is from %s, not %s", saved.source, self.source.description)
+            self.saved_snapshot_ignored = (
+                f"the saved snapshot in {self.storage.dir} is from {saved.source}, not {self.source.description}, "
+                f"so it was not used; fetching from {self.source.description}")
             return
+        self.saved_snapshot_ignored = None
         if self._snapshot is not None and saved.fetched_at <= self._snapshot.fetched_at:
             return
         papers = merge_window((), saved.papers, self.window, self.clock())
@@ -421,6 +438,7 @@ class SnapshotStore:
                 or (self._snapshot is not None and cached.fetched_at <= self._snapshot.fetched_at)):
             return False
         self._loaded_mtime = mtime
+        self.saved_snapshot_ignored = None  # another process saved our own snapshot in its place
         self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index,
                                   cached.changed_at)
         self._restore_validators(cached.validators)

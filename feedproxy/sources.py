@@ -30,6 +30,15 @@ class Source:
     title: str
     store: SnapshotStore
 
+    def carries_announce_types(self) -> bool | None:
+        """Whether this source's papers carry arXiv announce types; None while it holds none to tell by.
+
+        Read off the papers held, not the URL: arXiv's announcement listings give a type per entry
+        (feeds.py reads it), so a mirror of one counts; Daily Papers and other feeds never do.
+        """
+        snapshot = self.store.peek()
+        return snapshot.has_announce_types if snapshot is not None and snapshot.papers else None
+
 
 class SourceRegistry:
     """The configured sources by name, the default first, plus a bounded set of ad-hoc URL sources."""
@@ -95,8 +104,7 @@ def search_snapshots(
     announce: Sequence[str] = (),
 ) -> list[Paper]:
     """Search each snapshot and merge the results: deduplicated by id (first wins), sorted, limited."""
-    newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
-    since = window_start(newest, now, timedelta(days=days)) if days is not None and newest else None
+    since = _since(snapshots, now, days)
     ranked: list[list[Paper]] = []
     for snapshot in snapshots:
         # With an announce filter the index cannot stop at `limit`: filter, then cut.
@@ -123,6 +131,32 @@ def search_snapshots(
     elif sort == "upvotes":
         merged.sort(key=lambda p: (p.upvotes, p.published, p.id), reverse=True)
     return merged[:limit]
+
+
+def count_matches(
+    snapshots: Sequence[Snapshot],
+    query: Query,
+    *,
+    now: datetime,
+    min_upvotes: int = 0,
+    days: int | None = None,
+    announce: Sequence[str] = (),
+) -> int:
+    """How many papers search_snapshots would find with no limit, without sorting or listing them."""
+    since = _since(snapshots, now, days)
+    if len(snapshots) == 1 and not announce:
+        return snapshots[0].index.count(query, min_upvotes=min_upvotes, since=since)
+    ids: set[str] = set()
+    for snapshot in snapshots:
+        found = snapshot.index.search(query, min_upvotes=min_upvotes, since=since, limit=len(snapshot.papers))
+        ids.update(p.id for p in found if not announce or p.announce_type in announce)
+    return len(ids)
+
+
+def _since(snapshots: Sequence[Snapshot], now: datetime, days: int | None) -> datetime | None:
+    """The oldest publication time ``days`` keeps, counted back from the newest paper of all snapshots."""
+    newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
+    return window_start(newest, now, timedelta(days=days)) if days is not None and newest else None
 
 
 def _interleave(ranked: list[list[Paper]]) -> Iterable[list[Paper]]:

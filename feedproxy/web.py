@@ -108,8 +108,11 @@ def feed() -> Response:
         return plain(str(exc), exc.status)
     try:
         current = current_snapshots(sources)
+        _check_announce(params, sources)  # again: a cold start has only now got the papers to tell by
     except NoData as exc:
         return plain(f"no papers yet: {exc.reason}", 503, {"Retry-After": str(exc.retry_after)})
+    except BadParameter as exc:
+        return plain(str(exc), exc.status)
     scope = ",".join(source.name for source, _ in current)
     version = "+".join(snapshot.version for _, snapshot in current)
     # The feed's own URL (rel=self, id) is made of the parameters and the host it was asked at.
@@ -128,7 +131,14 @@ def feed() -> Response:
 
 
 def sources_for(params: FeedRequest) -> list[Source]:
-    """The sources a request names; BadParameter (403) for a url= this server does not allow."""
+    """The sources a request names; BadParameter: 403 for a url= this server does not allow,
+    400 for announce= on sources without announce types."""
+    sources = _named_sources(params)
+    _check_announce(params, sources)
+    return sources
+
+
+def _named_sources(params: FeedRequest) -> list[Source]:
     registry = _registry()
     if params.url is None:
         return registry.get(params.sources)
@@ -142,6 +152,24 @@ def sources_for(params: FeedRequest) -> list[Source]:
     except UrlNotAllowed as exc:
         raise _Refused(f"parameter 'url' is not allowed: {exc}") from None
     return [registry.for_url(params.url)]
+
+
+def _check_announce(params: FeedRequest, sources: list[Source]) -> None:
+    """Refuse announce= (400) when none of the sources carries announce types, naming those that do.
+
+    A source holding no papers yet cannot tell, so it never causes a refusal; of several sources
+    merged, one with announce types is enough.
+    """
+    if not params.announce or any(source.carries_announce_types() is not False for source in sources):
+        return
+    named = " and ".join(source.name for source in sources) if params.url is None else params.url
+    with_types = [source.name for source in _registry() if source.carries_announce_types()]
+    raise BadParameter(
+        f"parameter 'announce' filters by arXiv announce type, but {named} "
+        f"{'has' if len(sources) == 1 else 'have'} no announce types (only arXiv listings do); "
+        + (f"sources with them: {', '.join(with_types)}" if with_types else
+           "no source on this server has them now (arXiv listings are added with FEEDPROXY_FEEDS)")
+    )
 
 
 class _Refused(BadParameter):
@@ -248,6 +276,7 @@ def health_report(store: SnapshotStore) -> dict:
         "next_refresh_in_seconds": store.seconds_until_refresh(),
         "source": store.source.description,
         "storage_error": store.storage_error,
+        "saved_snapshot_ignored": store.saved_snapshot_ignored,
     }
 
 

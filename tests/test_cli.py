@@ -1,10 +1,13 @@
 """The feedproxy query command, against a fixture file and against a saved snapshot."""
 
+import json
+import re
+
 from feedproxy.cli import main
 from feedproxy.papers import paper_from_item
 from feedproxy.storage import SavedSnapshot, SnapshotFile
 
-from .conftest import DAILY, all_items
+from .conftest import DAILY, all_items, load_items
 
 
 def test_query_from_a_listing_file(capsys):
@@ -12,6 +15,19 @@ def test_query_from_a_listing_file(capsys):
     out, err = capsys.readouterr()
     assert out.splitlines() == ["2608.19880  2026-08-19   163  EnvHarness: Awakening Static Worlds for Agent Learning"]
     assert "1 of 17 papers match 'EnvHarness'" in err
+
+
+def test_the_summary_counts_every_match_not_only_those_shown(capsys):
+    # Counted from the fixture's own text: "benchmark" or "benchmarks" as a word, in any searched field.
+    word = re.compile(r"\bbenchmarks?\b", re.IGNORECASE)
+    items = load_items("2026-08-21")
+    matching = sum(1 for i in items if word.search(json.dumps([
+        i["paper"]["title"], i["paper"]["summary"], i["paper"].get("ai_keywords"), [a["name"] for a in i["paper"]["authors"]]])))
+    assert matching > 2
+    assert main(["query", "benchmark", "--from", str(DAILY / "2026-08-21.json"), "--limit", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2
+    assert f"{matching} of 17 papers match 'benchmark'; showing the newest 2 (--limit)" in err
 
 
 def test_query_the_saved_snapshot_sorted_by_upvotes(tmp_path, capsys, clock):

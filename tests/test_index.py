@@ -226,6 +226,17 @@ def test_query_finds_expected_papers(index, query, expected, sort):
     assert set(found) == expected
 
 
+@pytest.mark.parametrize(("query", "expected"), CASES, ids=[case[0] for case in CASES])
+def test_count_is_the_number_of_matches(index, query, expected):
+    assert index.count(parse_query(query)) == len(expected)
+
+
+def test_count_applies_the_filters(index):
+    filters = dict(since=_utc(2026, 1, 1), min_upvotes=9)
+    assert index.count(parse_query("agent OR pretraining"), **filters) == 4
+    assert index.count(parse_query('"large model"'), min_upvotes=10**6) == 0
+
+
 def test_empty_query_finds_every_paper_newest_first(index):
     found = search_ids(index, "")
     assert len(found) == len(REAL_PAPERS) + len(HAND_BUILT)

@@ -59,6 +59,38 @@ def test_announce_type_filter(client):
     assert bad.status_code == 400 and "'announce' must list new, cross, replace, replace-cross" in bad.text
 
 
+def test_announce_on_sources_without_announce_types_is_400_naming_those_with_them(upstream, clock, feeds):
+    feeds.serve("/blog.rss", fixture("blog.rss"))
+    config = make_config(upstream.url, feeds=(("arxiv-cs-lg", feeds.url("/atom/cs.LG")), ("blog", feeds.url("/blog.rss"))))
+    client = create_app(config, clock=clock).test_client()
+    # The first request: Daily Papers is fetched only now, and no arXiv listing has been yet.
+    cold = client.get("/feed?announce=new")
+    assert cold.status_code == 400
+    assert cold.text == ("parameter 'announce' filters by arXiv announce type, but hf-daily has no announce types "
+                         "(only arXiv listings do); no source on this server has them now (arXiv listings are added "
+                         "with FEEDPROXY_FEEDS)\n")
+    assert client.get("/feed?source=arxiv-cs-lg").status_code == 200
+    for query in ("announce=new", "source=blog&announce=new", "source=hf-daily,blog&announce=cross"):
+        refused = client.get(f"/feed?{query}")
+        assert refused.status_code == 400, query
+        assert refused.text.startswith("parameter 'announce'") and refused.text.endswith("sources with them: arxiv-cs-lg\n")
+    assert "hf-daily and blog have no announce types" in client.get("/feed?source=hf-daily,blog&announce=new").text
+    # One merged source with announce types is enough.
+    merged = client.get("/feed?source=hf-daily,arxiv-cs-lg&announce=new&format=json")
+    assert merged.status_code == 200 and len(merged.get_json()["items"]) == 3
+    # The page validates the same way and shows the message.
+    preview = client.get("/preview.json?announce=new")
+    assert preview.status_code == 400 and preview.get_json()["error"] == client.get("/feed?announce=new").text.rstrip()
+    page = client.get("/?source=blog&announce=new")
+    assert page.status_code == 400 and "only arXiv listings do); sources with them: arxiv-cs-lg" in page.text
+
+
+def test_announce_is_not_refused_for_a_source_that_holds_no_papers_yet(upstream, clock, feeds):
+    config = make_config(upstream.url, feeds=(("down", feeds.url("/nowhere")),))
+    client = create_app(config, clock=clock).test_client()
+    assert client.get("/feed?source=down&announce=new").status_code == 503
+
+
 def test_unknown_source_is_404_naming_the_known_ones(client):
     response = client.get("/feed?source=arxiv-math")
     assert response.status_code == 404

@@ -72,6 +72,29 @@ def test_a_saved_snapshot_of_another_source_is_ignored(tmp_path, upstream, clock
     assert store.peek() is None
 
 
+def test_a_saved_snapshot_of_another_source_is_reported_until_one_of_ours_replaces_it(tmp_path, upstream, clock, items):
+    folder = tmp_path / "hf-daily"
+    SnapshotFile(folder).save(SavedSnapshot("http://elsewhere/", clock(), (paper_from_item(items[0]),)))
+    upstream.always = Fault(status=503)
+    config = make_config(upstream.url, data_dir=str(tmp_path))
+    first, second = (create_app(config, clock=clock).test_client() for _ in range(2))  # two workers
+    ignored = (f"the saved snapshot in {folder} is from http://elsewhere/, not {upstream.url}, so it was not used; "
+               f"fetching from {upstream.url}")
+    feed = first.get("/feed")
+    assert feed.status_code == 503 and ignored in feed.text and "HTTP 503" in feed.text
+    health = first.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["saved_snapshot_ignored"] == ignored
+    assert second.get("/healthz").get_json()["saved_snapshot_ignored"] == ignored
+
+    upstream.always = None
+    clock.advance(3600)
+    assert first.get("/feed").status_code == 200  # fetched, and saved over the other source's file
+    assert first.get("/healthz").get_json()["saved_snapshot_ignored"] is None
+    assert second.get("/feed").status_code == 200  # loaded what the first saved
+    assert second.get("/healthz").get_json()["saved_snapshot_ignored"] is None
+    assert len(upstream.requests) == 2
+
+
 def test_workers_sharing_a_folder_fetch_once(tmp_path, upstream, clock):
     workers = [store_for(upstream, clock, tmp_path) for _ in range(4)]
     assert len(workers[0].current().papers) == 40
