@@ -1,4 +1,4 @@
 """The WSGI entry point: ``gunicorn wsgi:app``."""
-from feedproxy import create_app
+from feedproxy.app import create_app
 
 app = create_app()

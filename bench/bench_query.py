@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from feedproxy.index import PaperIndex  # noqa: E402
-from feedproxy.papers import InvalidItem, paper_from_item  # noqa: E402
-from feedproxy.query import parse_query  # noqa: E402
+from feedproxy.search.index import PaperIndex  # noqa: E402
+from feedproxy.upstream.papers import InvalidItem, paper_from_item  # noqa: E402
+from feedproxy.search.query import parse_query  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "fixtures" / "daily_papers_corpus.json.gz"
 CORPUS_SIZE = 9_877

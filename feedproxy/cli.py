@@ -15,14 +15,14 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import DEFAULT_SOURCE
-from .errors import UpstreamError
-from .params import SORTS
-from .query import QueryError, parse_query
-from .snapshot import Snapshot
-from .sources import count_matches, search_snapshots
-from .storage import SnapshotFile, StorageError, default_data_dir
-from .upstream import FileListing
+from feedproxy.config import DEFAULT_SOURCE, default_data_dir
+from feedproxy.errors import QueryError, StorageError, UpstreamError
+from feedproxy.search.index import SORTS, PaperIndex
+from feedproxy.search.merged import count_matches, search_snapshots
+from feedproxy.search.query import parse_query
+from feedproxy.store.files import SnapshotFile
+from feedproxy.store.snapshot import Snapshot
+from feedproxy.upstream.daily_papers import FileListing
 
 # How the papers shown are chosen, for "showing the newest 50".
 _FIRST_BY_SORT = {"date": "newest", "upvotes": "most upvoted", "relevance": "most relevant"}
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UpstreamError, StorageError) as exc:
         print(f"feedproxy: {exc}", file=sys.stderr)
         return 1
-    snapshot = Snapshot.build(papers, datetime.now(timezone.utc))
+    snapshot = Snapshot.build(papers, datetime.now(timezone.utc), build_index=PaperIndex)
     filters = dict(now=datetime.now(timezone.utc), min_upvotes=args.min_upvotes, days=args.days)
     found = search_snapshots([snapshot], parsed, sort=args.sort, limit=max(1, args.limit), **filters)
     for paper in found:

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .storage import default_data_dir
+from feedproxy.errors import ConfigError
 
 DEFAULT_UPSTREAM_URL = "https://huggingface.co/api/daily_papers"
+
+
+def default_data_dir() -> Path:
+    """The per-user cache folder: $XDG_CACHE_HOME/feedproxy, else ~/.cache/feedproxy."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "feedproxy"
 
 
 def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -109,7 +114,7 @@ def parse_feeds(raw: str) -> tuple[tuple[str, str], ...]:
 
 def parse_allowed_hosts(raw: str) -> frozenset[str]:
     """Read FEEDPROXY_ALLOW_URL_HOSTS: host names, ``*.example.org`` for subdomains, ``host:port`` for a port."""
-    from .safefetch import parse_allowed_hosts as parse
+    from feedproxy.upstream.safe import parse_allowed_hosts as parse
 
     try:
         return parse(raw)

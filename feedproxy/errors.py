@@ -3,16 +3,27 @@
 ::
 
     FeedproxyError
-      ConfigError          a setting is missing or invalid; the service will not start
-      UpstreamError        a fetch from the Daily Papers API failed
-        UpstreamUnreachable  no connection (DNS, refused, TLS, missing file)
-        UpstreamTimeout      connected, but no complete answer in time
-        UpstreamHTTPError    an HTTP status other than 200 (carries status, retry_after)
-        UpstreamBadData      the answer is not a JSON listing we can use
-      NoData               nothing to serve yet (no successful fetch so far)
+      ConfigError            a setting is missing or invalid; the service will not start
+      UpstreamError          a fetch from a source (Daily Papers, an RSS/Atom feed) failed
+        UpstreamUnreachable    no connection (DNS, refused, TLS, missing file)
+        UpstreamTimeout        connected, but no complete answer in time
+        UpstreamHTTPError      an HTTP status other than 200 (carries status, retry_after)
+        UpstreamBadData        the answer is not a listing or feed we can use
+        FetchRefused           a url= fetch led to a private address or off the allow-list (also UrlNotAllowed)
+      InvalidItem            one upstream item cannot become a Paper; it is skipped, the rest kept
+      StorageError           the data folder could not be read or written
+      RefresherError         a refresher child did not finish (crashed, killed, timed out)
+        RefresherStopped       it was stopped by SIGINT or SIGTERM (the service is stopping)
+      QueryError             the q parameter is not a valid query (carries the position)
+      BadParameter           a request parameter is invalid (carries its name and the HTTP status, 400)
+        UnknownSource          source= names a source this server lacks (404)
+        UrlNotAllowed          url= names a feed this server will not fetch (403)
+      NoData                 nothing to serve yet (carries the reason and a Retry-After)
 
 Messages start with where the error comes from and say what the operator or user
 can do about it; they are shown to users verbatim, so they never carry tracebacks.
+Code that needs to know which parameter was bad reads ``BadParameter.parameter``,
+never the message.
 """
 
 from __future__ import annotations
@@ -51,6 +62,67 @@ class UpstreamHTTPError(UpstreamError):
 
 class UpstreamBadData(UpstreamError):
     """The upstream answered 200 with something that is not a usable listing."""
+
+
+class InvalidItem(FeedproxyError):
+    """An upstream item that cannot become a Paper (no id, no title, bad shape)."""
+
+
+class StorageError(FeedproxyError):
+    """A saved snapshot could not be read or written; the message says which file and why."""
+
+
+class RefresherError(FeedproxyError):
+    """The child process did not finish its refresh (crashed, killed, timed out)."""
+
+
+class RefresherStopped(RefresherError):
+    """The child was stopped by SIGINT or SIGTERM, as when the service stops: no failure of the upstream."""
+
+
+class QueryError(FeedproxyError):
+    """A query the user must fix; str() says what is wrong and where."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class BadParameter(FeedproxyError):
+    """A request parameter is invalid; the message says what is accepted, ``parameter`` names it."""
+
+    status = 400
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class UnknownSource(BadParameter):
+    """The request names a source this server does not have."""
+
+    status = 404
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "source")
+
+
+class UrlNotAllowed(BadParameter):
+    """A user-supplied URL this server will not fetch; the message says why and can be shown to the user."""
+
+    status = 403
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message, "url")
+        self.url = url
+
+
+class FetchRefused(UrlNotAllowed, UpstreamError):
+    """A fetch SafeFetcher refused: the host resolves to a non-public address, or a redirect leads off the allow-list.
+
+    Both a UrlNotAllowed (the user's URL is the problem) and an UpstreamError, so
+    code that handles only upstream failures (a snapshot refresh) records it too.
+    """
 
 
 class NoData(FeedproxyError):

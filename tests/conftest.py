@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 from feedproxy.config import Config
 
 from .fakeupstream import FakeUpstream

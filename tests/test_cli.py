@@ -4,8 +4,8 @@ import json
 import re
 
 from feedproxy.cli import main
-from feedproxy.papers import paper_from_item
-from feedproxy.storage import SavedSnapshot, SnapshotFile
+from feedproxy.upstream.papers import paper_from_item
+from feedproxy.store.files import SavedSnapshot, SnapshotFile
 
 from .conftest import DAILY, all_items, load_items
 

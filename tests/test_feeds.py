@@ -8,11 +8,14 @@ import feedparser
 import pytest
 
 from feedproxy.errors import UpstreamBadData, UpstreamHTTPError
-from feedproxy.feeds import (
-    MAX_ABSTRACT_CHARS, FeedListing, arxiv_id_from, declares_entities, html_to_text, parse_feed, split_authors,
+from feedproxy.search.index import PaperIndex
+from feedproxy.store.snapshot import SnapshotStore
+from feedproxy.upstream.feeds import (
+    MAX_ABSTRACT_CHARS, UNDATED_FALLBACK, FeedListing, arxiv_id_from, declares_entities, html_to_text, parse_feed, split_authors,
 )
-from feedproxy.fetch import HttpFetcher
+from feedproxy.upstream.http import HttpFetcher
 
+from .conftest import FakeClock
 from .fakefeeds import FakeFeeds, fixture
 
 NOW = datetime(2025, 8, 21, 6, 0, tzinfo=timezone.utc)
@@ -20,7 +23,7 @@ ANNOUNCED = datetime(2025, 8, 20, 4, 0, tzinfo=timezone.utc)  # "Wed, 20 Aug 202
 
 
 def parse(name: str):
-    return parse_feed(fixture(name), f"feed {name}", NOW)
+    return parse_feed(fixture(name), f"feed {name}")
 
 
 def by_id(page):
@@ -34,7 +37,7 @@ def feeds():
 
 
 def listing(url):
-    return FeedListing(url, fetcher=HttpFetcher(connect_timeout=1.0, read_timeout=1.0), clock=lambda: NOW)
+    return FeedListing(url, fetcher=HttpFetcher(connect_timeout=1.0, read_timeout=1.0))
 
 
 # --- arXiv ----------------------------------------------------------------------
@@ -125,7 +128,7 @@ Abstract: Text.</description></item>
         <description>arXiv:2508.00002v1 Announce Type: new
 Abstract: Text.</description><arxiv:announce_type>sideways</arxiv:announce_type></item>
     </channel></rss>"""
-    a, b = parse_feed(body, "feed t", NOW).papers
+    a, b = parse_feed(body, "feed t").papers
     assert (a.announce_type, a.abstract) == ("replace-cross", "Text.")
     assert (b.announce_type, b.abstract) == ("", "Text.")
 
@@ -161,7 +164,8 @@ def test_blog_rss_with_html_descriptions(feeds):
     reading = papers["lab-notes-reading-group-2025-33"]
     assert reading.link == "https://arxiv.org/abs/2508.13435v2" and not reading.is_arxiv
     undated = papers["https://blog.example/notes/undated"]
-    assert undated.undated and undated.published == NOW
+    # Dated from the document (its lastBuildDate), never the clock: every instance dates it alike.
+    assert undated.undated and undated.published == datetime(2025, 8, 19, 18, 30, tzinfo=timezone.utc)
     assert "lab-notes-members-0042" not in papers
     untitled = papers["https://blog.example/status/2025-08-14"]
     assert untitled.title == "A short status update without a title: the cluster is back online after the…"
@@ -203,7 +207,7 @@ def test_long_abstracts_are_cut_at_a_word():
     words = " ".join(f"word{n}" for n in range(2000))
     body = (f'<rss version="2.0"><channel><title>t</title><item><title>Long</title>'
             f'<link>https://blog.example/long</link><description>{words}</description></item></channel></rss>').encode()
-    [paper] = parse_feed(body, "feed t", NOW).papers
+    [paper] = parse_feed(body, "feed t").papers
     assert len(paper.abstract) <= MAX_ABSTRACT_CHARS + 1 and paper.abstract.endswith("…")
     assert paper.abstract[:-1].split(" ")[-1].startswith("word")
 
@@ -211,13 +215,13 @@ def test_long_abstracts_are_cut_at_a_word():
 def test_an_entry_listed_twice_is_kept_once():
     item = b"<item><title>Same</title><link>https://blog.example/same</link></item>"
     body = b'<rss version="2.0"><channel><title>t</title>' + item + item + b"</channel></rss>"
-    page = parse_feed(body, "feed t", NOW)
+    page = parse_feed(body, "feed t")
     assert (len(page.papers), page.item_count, page.skipped) == (1, 2, 1)
 
 
 def test_an_empty_feed_is_an_empty_page_not_an_error():
     body = b'<?xml version="1.0"?><rss version="2.0"><channel><title>cs.LG updates on arXiv.org</title></channel></rss>'
-    page = parse_feed(body, "feed t", NOW)  # arXiv's listings are empty at weekends
+    page = parse_feed(body, "feed t")  # arXiv's listings are empty at weekends
     assert (page.papers, page.item_count, page.skipped) == ((), 0, 0)
 
 
@@ -245,7 +249,7 @@ def test_a_malformed_feed_keeps_its_entries_and_logs_one_warning(caplog):
 ])
 def test_documents_that_are_not_usable_feeds(body, words):
     with pytest.raises(UpstreamBadData) as err:
-        parse_feed(body, "feed https://blog.example/feed", NOW)
+        parse_feed(body, "feed https://blog.example/feed")
     message = str(err.value)
     assert message.startswith("feed https://blog.example/feed: ") and words in message
 
@@ -280,7 +284,7 @@ def test_entity_attacks_are_refused_quickly_without_expanding(body):
     assert declares_entities(body)
     started = time.monotonic()
     with pytest.raises(UpstreamBadData, match="^feed https://attacker.example/feed: refused a document that declares XML entities") as err:
-        parse_feed(body, "feed https://attacker.example/feed", NOW)
+        parse_feed(body, "feed https://attacker.example/feed")
     assert time.monotonic() - started < 1.0
     assert "root:" not in str(err.value) and "lollol" not in str(err.value)
 
@@ -309,7 +313,7 @@ def test_documents_without_entity_declarations_are_not_refused():
     body = (b'<?xml version="1.0"?>\n<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
             b'"http://my.netscape.com/publish/formats/rss-0.91.dtd">\n<rss version="0.91"><channel><title>t</title>'
             b"<item><title>On &lt;!ENTITY&gt; attacks</title><link>https://blog.example/xxe</link></item></channel></rss>")
-    [paper] = parse_feed(body, "feed t", NOW).papers
+    [paper] = parse_feed(body, "feed t").papers
     assert paper.title == "On <!ENTITY> attacks"
 
 
@@ -318,23 +322,43 @@ def test_documents_without_entity_declarations_are_not_refused():
 def test_conditional_get_etag_then_304_means_no_page(feeds):
     route = feeds.serve("/atom/cs.LG", fixture("arxiv-cs.LG.atom"), etag=True)
     source = listing(feeds.url("/atom/cs.LG"))
-    assert len(list(source.pages())) == 1
+    [first] = list(source.pages())
     assert "If-None-Match" not in feeds.requests[0]["headers"]
-    assert list(source.pages()) == []  # 304: nothing new
-    assert feeds.requests[1]["headers"]["If-None-Match"].startswith('"')
+    assert first.validators.etag.startswith('"')  # the page carries its answer's validators
+    assert list(source.pages(first.validators)) == []  # 304: nothing new
+    assert feeds.requests[1]["headers"]["If-None-Match"] == first.validators.etag
     route.body = fixture("arxiv-cs.CL.rss")
-    [page] = list(source.pages())  # changed: 200 with the new body
-    assert page.papers[0].id == "2508.13435"
+    [page] = list(source.pages(first.validators))  # changed: 200 with the new body
+    assert page.papers[0].id == "2508.13435" and page.validators != first.validators
+
+
+def test_undated_entries_take_the_documents_date_not_the_clock():
+    """Two instances reading the same document at different times must date its entries alike."""
+    body = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><link>https://b.example/</link>'
+            b"<item><title>dated</title><link>https://b.example/1</link>"
+            b"<pubDate>Mon, 18 Aug 2025 09:00:00 +0000</pubDate></item>"
+            b"<item><title>undated</title><link>https://b.example/2</link></item></channel></rss>")
+    papers = {p.title: p for p in parse_feed(body, "feed t").papers}
+    assert papers["undated"].undated and papers["undated"].published == papers["dated"].published
+    nothing_dated = body.replace(b"<pubDate>Mon, 18 Aug 2025 09:00:00 +0000</pubDate>", b"")
+    assert {p.published for p in parse_feed(nothing_dated, "feed t").papers} == {UNDATED_FALLBACK}
 
 
 def test_a_bad_body_is_never_revalidated(feeds):
-    feeds.serve("/feed", b"<html>maintenance</html>", etag=True, content_type="text/html")
-    source = listing(feeds.url("/feed"))
-    with pytest.raises(UpstreamBadData, match=r"^feed http://127\.0\.0\.1:\d+/feed: not an RSS or Atom feed"):
-        list(source.pages())
-    with pytest.raises(UpstreamBadData):
-        list(source.pages())
-    assert "If-None-Match" not in feeds.requests[1]["headers"]
+    """Validators come only with data that parsed: a bad body's ETag is never sent back."""
+    route = feeds.serve("/feed", fixture("blog.rss"), etag=True)
+    clock = FakeClock(NOW)
+    store = SnapshotStore(listing(feeds.url("/feed")), build_index=PaperIndex, background=False, clock=clock)
+    good = store.current()
+    route.body, route.content_type = b"<html>maintenance</html>", "text/html"
+    clock.advance(901)
+    assert store.current() is good  # the refresh failed: the last good papers are served
+    assert "not an RSS or Atom feed" in store.last_error and store.peek().validators == good.validators
+    route.body, route.content_type = fixture("blog.atom"), "application/atom+xml"
+    clock.advance(10)
+    assert store.current() is not good
+    sent = [r["headers"].get("If-None-Match") for r in feeds.requests]
+    assert sent[1] == sent[2] == good.validators.etag  # never the maintenance page's
 
 
 def test_http_errors_come_through_as_upstream_errors(feeds):

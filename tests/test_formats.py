@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from lxml import etree
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 
 from .atomcheck import ATOM, check_atom
 from .conftest import make_config
@@ -215,8 +215,8 @@ def test_same_data_gives_identical_bytes_across_instances(upstream, clock, fmt):
 def test_entries_are_rendered_once_and_again_only_when_the_paper_changes(items):
     from dataclasses import replace
 
-    from feedproxy.papers import paper_from_item
-    from feedproxy.render import EntryCache
+    from feedproxy.upstream.papers import paper_from_item
+    from feedproxy.render.formats import EntryCache
 
     cache, calls = EntryCache(), []
     paper = paper_from_item(items[0])

@@ -4,9 +4,9 @@ import gzip
 
 import pytest
 
-from feedproxy import create_app
-from feedproxy.feedcache import FeedCache, RenderedFeed
-from feedproxy.snapshot import utcnow
+from feedproxy.app import create_app
+from feedproxy.http.feedcache import FeedCache, RenderedFeed
+from feedproxy.store.snapshot import utcnow
 
 from .conftest import make_config
 

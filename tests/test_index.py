@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from feedproxy.index import PaperIndex
-from feedproxy.papers import Paper, paper_from_item
-from feedproxy.query import parse_query
+from feedproxy.search.index import PaperIndex
+from feedproxy.upstream.papers import Paper, paper_from_item
+from feedproxy.search.query import parse_query
 
 FIXTURES = Path(__file__).parent / "fixtures" / "daily_papers"
 

@@ -4,9 +4,9 @@ import logging
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 from feedproxy.errors import UpstreamBadData, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-from feedproxy.metrics import upstream_outcome
+from feedproxy.http.metrics import upstream_outcome
 
 from .conftest import make_config
 from .fakeupstream import Fault
@@ -78,8 +78,8 @@ def test_one_access_log_line_per_request(client, caplog):
 def test_batched_access_lines_are_whole_and_at_most_4_kb_per_write(monkeypatch):
     import os
 
-    from feedproxy import metrics
-    from feedproxy.metrics import BatchedLineHandler
+    from feedproxy.http import metrics
+    from feedproxy.http.accesslog import BatchedLineHandler
 
     writes = []
     real_write = os.write
@@ -108,7 +108,7 @@ def test_batched_access_lines_are_whole_and_at_most_4_kb_per_write(monkeypatch):
 
 
 def test_pending_counts_reach_prometheus_in_bulk_with_the_right_buckets():
-    from feedproxy.metrics import LATENCY, PENDING, REQUESTS
+    from feedproxy.http.metrics import LATENCY, PENDING, REQUESTS
 
     def bucket_counts():
         child = LATENCY.labels("/bulkprobe")

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl, urlsplit
 import lxml.html
 import pytest
 
-from feedproxy import create_app
-from feedproxy.query import parse_query
+from feedproxy.app import create_app
+from feedproxy.search.query import parse_query
 
 from .conftest import make_config
 from .fakeupstream import Fault, FakeUpstream

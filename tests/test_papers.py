@@ -2,7 +2,7 @@
 
 import pytest
 
-from feedproxy.papers import InvalidItem, clean_text, paper_from_item, parse_timestamp, strip_xml_forbidden
+from feedproxy.upstream.papers import InvalidItem, clean_text, paper_from_item, parse_timestamp, strip_xml_forbidden
 
 from .conftest import all_items, load_items
 

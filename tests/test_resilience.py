@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 
 from .atomcheck import check_atom
 from .conftest import make_config

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from feedproxy import safefetch
-from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from feedproxy.feeds import FeedListing
-from feedproxy.safefetch import (
+from feedproxy.upstream import safe as safefetch
+from feedproxy.errors import BadParameter, UpstreamBadData, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from feedproxy.upstream.feeds import FeedListing
+from feedproxy.upstream.safe import (
     FetchRefused, HostRule, SafeFetcher, UrlNotAllowed, address_problem, check_url, parse_allowed_hosts, parse_host_rule,
 )
 
@@ -97,7 +97,8 @@ def test_refused_urls(url, words):
     with pytest.raises(UrlNotAllowed) as err:
         check_url(url, ALLOWED)
     assert words in str(err.value)
-    assert isinstance(err.value, ValueError) and not isinstance(err.value, UpstreamError)  # a user error
+    assert isinstance(err.value, BadParameter) and not isinstance(err.value, UpstreamError)  # a user error
+    assert err.value.status == 403 and err.value.parameter == "url"
 
 
 def test_internationalised_host_names_match_in_either_form():
@@ -325,15 +326,6 @@ def test_proxy_settings_from_the_environment_are_ignored(server, monkeypatch):
     fetcher, _, network = fetcher_for(server)
     assert fetcher.get("http://feeds.example/feed.xml").body == RSS
     assert len(network.sent) == 1
-
-
-def test_remembered_validators_are_bounded(server, monkeypatch):
-    monkeypatch.setattr(safefetch, "MAX_REMEMBERED_URLS", 3)
-    server.serve("/feed.xml", RSS, etag=True)
-    fetcher, _, _ = fetcher_for(server)
-    for n in range(5):
-        fetcher.get("http://feeds.example/feed.xml", {"n": n})
-    assert len(fetcher._validators) == 3
 
 
 # --- TLS: pinned to an address, verified for the name ---------------------------------

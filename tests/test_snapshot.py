@@ -7,9 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from feedproxy.errors import NoData
-from feedproxy.papers import Paper
-from feedproxy.snapshot import SnapshotStore, content_version, merge_window
-from feedproxy.upstream import HttpListing
+from feedproxy.upstream.papers import Paper
+from feedproxy.search.index import PaperIndex
+from feedproxy.upstream.http import NO_VALIDATORS
+from feedproxy.store.snapshot import SnapshotStore, content_version, merge_window
+from feedproxy.upstream.daily_papers import HttpListing
 
 from .fakeupstream import Fault, FakeUpstream
 
@@ -29,7 +31,7 @@ def store_for(upstream, clock, **kw):
     kw.setdefault("window_days", 30)
     kw.setdefault("background", False)
     source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2, max_pages=kw.pop("max_pages", 100))
-    return SnapshotStore(source, clock=clock, **kw)
+    return SnapshotStore(source, build_index=PaperIndex, clock=clock, **kw)
 
 
 def test_merge_keeps_held_papers_and_prefers_fetched_copies():
@@ -205,3 +207,22 @@ def test_each_new_version_is_stamped_later_than_the_last_in_whole_seconds(upstre
     clock.advance(0.2)
     store.refresh_now()  # nothing changed: the version keeps its time
     assert store.peek().changed_at == second.changed_at and store.peek().fetched_at == clock.now
+
+
+def test_a_fetch_cut_short_is_never_revalidated(clock):
+    """Page 0 answered, page 1 failed: the next refresh must not be told 304 on page 0's ETag."""
+    fake = FakeUpstream([item(n, n / 100) for n in range(150)]).start()
+    fake.etags = True
+    try:
+        store = store_for(fake, clock, window_days=30)
+        fake.faults = [None, Fault(status=500)]  # page 0 as usual, then page 1 fails
+        store.current()  # page 0's papers are served; the refresh failed
+        assert store.last_error and store.peek().validators == NO_VALIDATORS
+        clock.advance(5)
+        assert len(store.current().papers) == 150
+        assert "If-None-Match" not in fake.requests[2]["headers"]
+        clock.advance(901)
+        store.current()  # a whole answer's validators are used
+        assert fake.requests[4]["headers"]["If-None-Match"] == fake.requests_etag(2)
+    finally:
+        fake.stop()

@@ -4,7 +4,7 @@
 import feedparser
 import pytest
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 
 from .atomcheck import check_atom, entry_ids
 from .conftest import make_config

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from feedproxy import create_app, storage
-from feedproxy.papers import paper_from_item
-from feedproxy.query import parse_query
+from feedproxy.app import create_app
+from feedproxy.store import files as storage
+from feedproxy.upstream.papers import paper_from_item
+from feedproxy.search.query import parse_query
 from feedproxy.errors import NoData
-from feedproxy.snapshot import SnapshotStore
-from feedproxy.storage import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
-from feedproxy.upstream import HttpListing
+from feedproxy.search.index import PaperIndex
+from feedproxy.store.snapshot import SnapshotStore
+from feedproxy.store.files import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
+from feedproxy.upstream.daily_papers import HttpListing
 
 from .conftest import make_config
 from .fakeupstream import Fault
@@ -22,7 +24,7 @@ from .fakeupstream import Fault
 
 def store_for(upstream, clock, data_dir, **kw):
     source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
-    return SnapshotStore(source, clock=clock, window_days=1000, background=False,
+    return SnapshotStore(source, build_index=PaperIndex, clock=clock, window_days=1000, background=False,
                          storage=SnapshotFile(data_dir), **kw)
 
 
@@ -141,7 +143,7 @@ def test_a_worker_that_found_the_lock_taken_at_start_still_serves_once_the_file_
 def test_a_restart_adopts_the_saved_index_without_rebuilding(tmp_path, upstream, clock, monkeypatch):
     first = store_for(upstream, clock, tmp_path).current()
     assert (tmp_path / "index.pickle").exists()
-    from feedproxy import index as index_module
+    from feedproxy.search import index as index_module
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the index was rebuilt")
@@ -168,7 +170,7 @@ def test_an_index_cache_that_does_not_match_is_ignored_and_rebuilt(tmp_path, ups
         SnapshotFile(tmp_path).save_index(dataclasses.replace(saved, code="elsewhere"))
     window = 999 if spoil == "other window" else 1000
     source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
-    restarted = SnapshotStore(source, clock=clock, window_days=window, background=False, storage=SnapshotFile(tmp_path))
+    restarted = SnapshotStore(source, build_index=PaperIndex, clock=clock, window_days=window, background=False, storage=SnapshotFile(tmp_path))
     assert restarted.peek().version == first.version  # rebuilt from the JSON snapshot
     assert SnapshotFile(tmp_path).load_index().window_days == window  # and the cache written anew
 

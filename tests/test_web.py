@@ -8,7 +8,7 @@ import feedparser
 import pytest
 from lxml import etree
 
-from feedproxy import create_app
+from feedproxy.app import create_app
 
 from .atomcheck import ATOM, check_atom, entry_ids
 from .conftest import make_config
@@ -180,7 +180,7 @@ def test_the_readme_feed_urls_are_canonical_and_valid():
 
     from werkzeug.datastructures import MultiDict
 
-    from feedproxy.params import parse_feed_request
+    from feedproxy.http.params import parse_feed_request
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Feed URLs"):readme.index("**One URL per feed.**")]

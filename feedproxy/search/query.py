@@ -64,18 +64,12 @@ from typing import NamedTuple, Union
 
 import snowballstemmer
 
+from feedproxy.errors import QueryError
+
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30
 MAX_NESTING = 32  # parentheses inside parentheses: bounds the recursion in parsing and searching
 FIELDS = ("title", "abstract", "author", "keyword")
-
-
-class QueryError(ValueError):
-    """A query the user must fix; str() says what is wrong and where."""
-
-    def __init__(self, message: str, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position
 
 
 # --- Text normalisation, shared with the index -------------------------------
@@ -124,7 +118,9 @@ _MAX_RUN_PARTS = 6
 # have a vowel. (The lookbehind stands where a leading \b would, so that a
 # search can skip ahead to capitals: three times faster.)
 _ACRONYM_PLURAL = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z0-9]+s\b")
-_VOWEL_LESS_PLURAL = re.compile(r"[b-df-hj-np-tv-xz]{3,}s")
+# Not after another s: "llmss" would lose one s each time it is analysed, and the normalised
+# query must read back as the same query.
+_VOWEL_LESS_PLURAL = re.compile(r"[b-df-hj-np-tv-xz]{3,}(?<!s)s")
 
 
 @functools.cache

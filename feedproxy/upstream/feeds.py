@@ -22,20 +22,24 @@ import re
 from datetime import datetime, timezone
 from email.utils import parseaddr
 from html.parser import HTMLParser
-from typing import Callable, Iterator
+from dataclasses import replace
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import feedparser
 from feedparser.encodings import convert_to_utf8
 
-from .errors import UpstreamBadData
-from .fetch import HttpFetcher
-from .papers import ARXIV_ABS_URL, InvalidItem, Paper, clean_text, is_arxiv_id
-from .upstream import Page
+from feedproxy.errors import UpstreamBadData
+from feedproxy.upstream.http import NO_VALIDATORS, HttpFetcher, Validators
+from feedproxy.upstream.papers import ARXIV_ABS_URL, InvalidItem, Paper, clean_text, is_arxiv_id
+from feedproxy.upstream.daily_papers import Page
 
 log = logging.getLogger(__name__)
 
-ANNOUNCE_TYPES = frozenset({"new", "cross", "replace", "replace-cross"})
+ANNOUNCE_TYPES = ("new", "cross", "replace", "replace-cross")  # arXiv's, in the order feeds list them
+# The date of undated entries when the document itself carries no date at all: a fixed one, never
+# the clock, so the same document gives the same feed in every instance (README: byte-identical).
+UNDATED_FALLBACK = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ARXIV_HOSTS = frozenset({"arxiv.org", "www.arxiv.org", "export.arxiv.org"})
 MAX_ABSTRACT_CHARS = 5000  # blog feeds carry whole articles; keep what a feed entry needs
 TITLE_FROM_TEXT_CHARS = 80  # an entry without a title is named by the start of its text
@@ -46,10 +50,6 @@ _ANNOUNCE = re.compile(r"Announce Type:\s*(\S+)")
 _ENTITY_DECLARATION = re.compile(rb"<!ENTITY", re.IGNORECASE)
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _NAME_SUFFIXES = frozenset({"jr", "jr.", "sr", "sr.", "ii", "iii", "iv"})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # --- HTML to text ---------------------------------------------------------------
@@ -218,8 +218,10 @@ def _shorten(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.") + "…"
 
 
-def paper_from_entry(entry, now: datetime, *, atom: bool = False) -> Paper:
+def paper_from_entry(entry, undated: datetime = UNDATED_FALLBACK, *, atom: bool = False) -> Paper:
     """Build a Paper from one feedparser entry, or raise InvalidItem saying why.
+
+    ``undated`` is the date given to an entry that carries none (it is marked ``undated``).
 
     ``atom`` says the entry comes from an Atom feed, whose authors are structured;
     an RSS ``<author>`` is one "email (Name)" string.
@@ -266,7 +268,7 @@ def paper_from_entry(entry, now: datetime, *, atom: bool = False) -> Paper:
     return Paper(
         id=paper_id,
         title=title,
-        published=published or now.astimezone(timezone.utc),
+        published=published or undated,
         abstract=_shorten(abstract, MAX_ABSTRACT_CHARS),
         authors=authors,
         ai_keywords=keywords,
@@ -296,11 +298,24 @@ def _complaint(parsed) -> str:
     return str(exc) or type(exc).__name__
 
 
-def parse_feed(body: bytes, origin: str, now: datetime) -> Page:
+def _document_date(parsed, entries) -> datetime:
+    """The date the document gives itself, else its newest dated entry's, else UNDATED_FALLBACK.
+
+    Undated entries take it: a date from the data, so every instance reading the same document
+    dates them alike (a snapshot then keeps the date an entry was first seen with).
+    """
+    own = _entry_date(parsed.get("feed") or {})
+    if own is not None:
+        return own
+    dated = [d for d in (_entry_date(e) for e in entries) if d is not None]
+    return max(dated, default=UNDATED_FALLBACK)
+
+
+def parse_feed(body: bytes, origin: str) -> Page:
     """Parse an RSS or Atom document into one Page; raise UpstreamBadData if it is not a usable feed.
 
-    ``origin`` starts every message (e.g. "feed https://..."); ``now`` is the
-    date given to entries that carry none (they are marked ``undated``).
+    ``origin`` starts every message (e.g. "feed https://..."); entries without a date take the
+    document's (``_document_date``) and are marked ``undated``.
     """
     if declares_entities(body):
         raise UpstreamBadData(f"{origin}: refused a document that declares XML entities (possible entity-expansion attack)")
@@ -317,11 +332,12 @@ def parse_feed(body: bytes, origin: str, now: datetime) -> Page:
         log.warning("%s: malformed feed, read %d entries anyway (%s)", origin, len(entries), _complaint(parsed))
 
     atom = str(parsed.get("version", "")).startswith("atom")
+    undated = _document_date(parsed, entries)
     papers: dict[str, Paper] = {}
     problems: list[str] = []
     for entry in entries:
         try:
-            paper = paper_from_entry(entry, now, atom=atom)
+            paper = paper_from_entry(entry, undated, atom=atom)
         except InvalidItem as exc:
             problems.append(str(exc))
             continue
@@ -339,23 +355,17 @@ def parse_feed(body: bytes, origin: str, now: datetime) -> Page:
 class FeedListing:
     """One RSS or Atom feed as a listing source: a single page, fetched conditionally."""
 
-    def __init__(self, url: str, *, fetcher: HttpFetcher, clock: Callable[[], datetime] = _utc_now):
+    def __init__(self, url: str, *, fetcher: HttpFetcher):
         self.url = url
         self.description = url
         self.fetcher = fetcher
-        self.clock = clock
 
-    def pages(self) -> Iterator[Page]:
+    def pages(self, validators: Validators = NO_VALIDATORS) -> Iterator[Page]:
         """Yield the feed as one Page; nothing at all when the server answers 304 Not Modified."""
-        fetched = self.fetcher.get(self.url, conditional=True)
+        fetched = self.fetcher.get(self.url, validators=validators)
         if fetched.not_modified:
             return
-        try:
-            page = parse_feed(fetched.body, f"feed {self.url}", self.clock())
-        except UpstreamBadData:
-            self.fetcher.forget(self.url)  # never let a bad body be revalidated as current
-            raise
-        yield page
+        yield replace(parse_feed(fetched.body, f"feed {self.url}"), validators=fetched.validators)
 
     def close(self) -> None:
         """Nothing to release: the fetcher is shared and closed by whoever made it."""

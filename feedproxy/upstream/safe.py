@@ -38,32 +38,14 @@ from typing import Callable, Iterable
 
 import httpx
 
-from .errors import UpstreamError
-from .fetch import Fetched, HttpFetcher
+from feedproxy.errors import FetchRefused, UpstreamError, UrlNotAllowed
+from feedproxy.upstream.http import FEED_ACCEPT, NO_VALIDATORS, Fetched, HttpFetcher, Validators
 
 Resolver = Callable[[str, int], list[str]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 2048
-MAX_REMEMBERED_URLS = 1000  # validators kept for conditional GETs; users can name endless URLs
-FEED_ACCEPT = "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class UrlNotAllowed(ValueError):
-    """A user-supplied URL this server will not fetch; the message says why and can be shown to the user."""
-
-    def __init__(self, message: str, url: str = ""):
-        super().__init__(message)
-        self.url = url
-
-
-class FetchRefused(UrlNotAllowed, UpstreamError):
-    """A fetch SafeFetcher refused: the host resolves to a non-public address, or a redirect leads off the allow-list.
-
-    Both a UrlNotAllowed (the user's URL is the problem) and an UpstreamError, so
-    code that handles only upstream failures (a snapshot refresh) records it too.
-    """
 
 
 def _shown(url: str) -> str:
@@ -302,7 +284,7 @@ class SafeFetcher(HttpFetcher):
             accept=accept, transport=transport, follow_redirects=True,
         )
 
-    def get(self, url: str, params: dict | None = None, *, conditional: bool = True) -> Fetched:
+    def get(self, url: str, params: dict | None = None, *, validators: Validators = NO_VALIDATORS) -> Fetched:
         """GET a user-supplied URL; raise FetchRefused (a UrlNotAllowed) or another UpstreamError subclass."""
         try:
             check_url(url, self.allowed_hosts)
@@ -310,14 +292,8 @@ class SafeFetcher(HttpFetcher):
             raise FetchRefused(str(exc), url) from None
         requested = str(httpx.URL(url).copy_merge_params(params or {}))  # as httpx sends it
         try:
-            return super().get(url, params, conditional=conditional)
+            return super().get(url, params, validators=validators)
         except FetchRefused as exc:
             if exc.url != requested:
                 raise FetchRefused(f"{_shown(url)} redirects to a URL that is not allowed: {exc}", url) from None
             raise
-
-    def _remember(self, full: str, headers: httpx.Headers) -> None:
-        super()._remember(full, headers)
-        with self._lock:
-            while len(self._validators) > MAX_REMEMBERED_URLS:
-                self._validators.pop(next(iter(self._validators)))

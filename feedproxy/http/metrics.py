@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics and one log line per request, for the operator.
+"""Prometheus metrics at /metrics, and the per-request hooks that count and log every request.
 
 Correct with several gunicorn workers: when PROMETHEUS_MULTIPROC_DIR is set
 (gunicorn.conf.py sets it before the workers start), prometheus-client keeps
@@ -27,9 +27,8 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY
 
-from .errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-
-access_log = logging.getLogger("feedproxy.access")
+from feedproxy.http.accesslog import log_request
+from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
 bp = Blueprint("metrics", __name__)
 
@@ -117,41 +116,6 @@ def _observe(response: Response) -> Response:
     return response
 
 
-def log_request(method: str, path: str, status: int, nbytes: int, elapsed: float, cache: str | None,
-                gzipped: bool, q: str, user_agent: str) -> None:
-    """Write the one access-log line of a request (also used by the WSGI fast path)."""
-    fields = (method, path, status, nbytes, elapsed * 1000, cache or "-", "yes" if gzipped else "no",
-              q[:200], user_agent[:120])
-    handler = _sole_batched_handler()
-    if handler is not None:
-        # The common case, without a LogRecord: the same line the formatter would write.
-        handler.write_line(f"{_timestamp()} {ACCESS_FORMAT % fields}")
-    else:
-        access_log.info(ACCESS_FORMAT, *fields)
-
-
-ACCESS_FORMAT = "request method=%s path=%s status=%d bytes=%s ms=%.1f cache=%s gzip=%s q=%r ua=%r"
-_stamp_cache = [0, ""]
-
-
-def _timestamp() -> str:
-    """Now as logging's default asctime ("2026-11-27 23:51:11,123"), the seconds formatted once a second."""
-    now = time.time()
-    second = int(now)
-    if _stamp_cache[0] != second:
-        _stamp_cache[:] = [second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))]
-    return f"{_stamp_cache[1]},{int((now - second) * 1000):03d}"
-
-
-def _sole_batched_handler() -> "BatchedLineHandler | None":
-    """The access logger's handler when it is our own and alone (tests and operators may add others)."""
-    handlers = access_log.handlers
-    if (len(handlers) == 1 and isinstance(handlers[0], BatchedLineHandler) and not access_log.propagate
-            and access_log.isEnabledFor(logging.INFO)):
-        return handlers[0]
-    return None
-
-
 class PendingCounts:
     """Per-request metric updates kept in plain Python and added to the Prometheus values once a second.
 
@@ -206,75 +170,6 @@ class PendingCounts:
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PENDING = PendingCounts()
-
-
-class BatchedLineHandler(logging.Handler):
-    """Write log lines to a file descriptor in batches, each write whole lines and at most 4 KB.
-
-    One write per request was the largest single cost of a cache hit after the
-    framework's own (py-spy: 12% of a worker). Batching keeps the line per
-    request but writes about twenty at once; a batch of whole lines no larger
-    than PIPE_BUF is written atomically, so the workers' lines never interleave
-    mid-line on a shared stdout pipe. Lines wait at most ``max_delay`` seconds.
-    """
-
-    WRITE_LIMIT = 4096
-
-    def __init__(self, fd: int = 1, max_delay: float = 1.0):
-        super().__init__()
-        self.fd = fd
-        self.max_delay = max_delay
-        self._lines: list[bytes] = []
-        self._size = 0
-        self._oldest = 0.0
-        threading.Thread(target=self._flush_now_and_then, name="feedproxy-access-log", daemon=True).start()
-        atexit.register(self.flush)
-
-    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001 - logging must never break a request
-            self.handleError(record)
-            return
-        self._add(line)
-
-    def write_line(self, line: str) -> None:
-        """Add one already formatted line (the access log's fast path, without a LogRecord)."""
-        with self.lock:
-            self._add(line)
-
-    def _add(self, text: str) -> None:
-        line = (text + "\n").encode("utf-8", "replace")
-        if not self._lines:
-            self._oldest = time.monotonic()
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= self.WRITE_LIMIT - 512 or time.monotonic() - self._oldest >= self.max_delay:
-            self._write_out()
-
-    def flush(self) -> None:
-        with self.lock:
-            self._write_out()
-
-    def _write_out(self) -> None:
-        lines, self._lines, self._size = self._lines, [], 0
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines + [b""]:
-            if chunk and (not line or size + len(line) > self.WRITE_LIMIT):
-                try:
-                    os.write(self.fd, b"".join(chunk))
-                except OSError:
-                    pass  # stdout closed or full: drop the lines rather than fail requests
-                chunk, size = [], 0
-            if line:
-                chunk.append(line)
-                size += len(line)
-
-    def _flush_now_and_then(self) -> None:
-        while True:
-            time.sleep(self.max_delay)
-            self.flush()
 
 
 def install(app: Flask) -> None:

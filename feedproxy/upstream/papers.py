@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterable
+
+from feedproxy.errors import InvalidItem
 
 HF_PAPER_URL = "https://huggingface.co/papers/{id}"
 ARXIV_ABS_URL = "https://arxiv.org/abs/{id}"
@@ -28,10 +31,6 @@ _PAPER_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})$", re.IGNORECAS
 def is_arxiv_id(text: str) -> bool:
     """True for an arXiv id without version: 2405.15738 or hep-th/9901001."""
     return bool(_PAPER_ID.match(text))
-
-
-class InvalidItem(ValueError):
-    """An upstream item that cannot become a Paper (no id, no title, bad shape)."""
 
 
 def strip_xml_forbidden(text: str) -> str:
@@ -101,7 +100,8 @@ class Paper:
     link: str = ""
     # arXiv listings only: new, cross, replace or replace-cross.
     announce_type: str = ""
-    # True when the source gave no date and ``published`` is when we first saw the entry.
+    # True when the source gave no date: ``published`` is then the document's own date, kept from the
+    # first time the entry was seen.
     undated: bool = False
 
     @property
@@ -121,6 +121,21 @@ class Paper:
     @property
     def pdf_url(self) -> str | None:
         return ARXIV_PDF_URL.format(id=self.id) if self.is_arxiv else None
+
+
+def recency(paper: Paper) -> tuple[datetime, str]:
+    """The newest-first sort key: the Daily Papers date, ties broken by id, the same in every process."""
+    return paper.published, paper.id
+
+
+def newest_first(papers: Iterable[Paper]) -> list[Paper]:
+    """Sort papers newest first (by ``recency``), deterministically."""
+    return sorted(papers, key=recency, reverse=True)
+
+
+def iso_z(moment: datetime | None) -> str | None:
+    """An aware datetime as ISO 8601 in UTC with a Z (2026-08-21T12:00:00Z), as JSON answers give dates."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else None
 
 
 def paper_from_item(item: object) -> Paper:

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from .errors import NoData
-from .papers import Paper, strip_xml_forbidden
-from .params import SORTS, BadParameter, FeedRequest, encode_params
-from .query import EMPTY_QUERY, QueryError, parse_query
-from .render import FORMATS
-from .sources import current_snapshots
-from .web import find_papers, parse_request_args, plain, sources_for
+from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
+from feedproxy.errors import BadParameter, NoData, QueryError
+from feedproxy.http.params import FeedRequest, encode_params
+from feedproxy.search.index import SORTS
+from feedproxy.search.query import EMPTY_QUERY, parse_query
+from feedproxy.render.formats import FORMATS
+from feedproxy.store.sources import current_snapshots
+from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for
 
 bp = Blueprint("page", __name__)
 
@@ -129,7 +130,7 @@ def preview_json() -> Response:
                 "opml_url": preview.opml_url}
         return _json(body, 503, {"Retry-After": str(preview.no_data.retry_after)})
     papers = [
-        {"id": p.id, "title": p.title, "url": p.url, "published": p.published.isoformat().replace("+00:00", "Z"),
+        {"id": p.id, "title": p.title, "url": p.url, "published": iso_z(p.published),
          "upvotes": p.upvotes}
         for p in preview.papers
     ]

@@ -18,13 +18,16 @@ import os
 import pickle
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 from contextlib import contextmanager
 
-from .papers import Paper, parse_timestamp
+from feedproxy.errors import StorageError
+from feedproxy.store.policy import FailureRun
+from feedproxy.upstream.http import NO_VALIDATORS, Validators
+from feedproxy.upstream.papers import Paper, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +40,18 @@ LOCK_NAME = "refresh.lock"
 
 
 def _code_fingerprint() -> str:
-    """A hash of the modules whose classes an index pickle holds: a code change invalidates old pickles."""
+    """A hash of the code whose classes an index pickle holds: a code change invalidates old pickles.
+
+    The files are read, not imported: the search stage comes after this one.
+    """
     digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in ("index.py", "query.py", "papers.py", "storage.py"):
-        digest.update((here / name).read_bytes())
+    package = Path(__file__).parent.parent
+    for path in (*sorted((package / "search").glob("*.py")), package / "upstream" / "papers.py", Path(__file__)):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 CODE_FINGERPRINT = _code_fingerprint()
-
-
-def default_data_dir() -> Path:
-    """The per-user cache folder: $XDG_CACHE_HOME/feedproxy, else ~/.cache/feedproxy."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "feedproxy"
-
-
-class StorageError(Exception):
-    """A saved snapshot could not be read or written; the message says which file and why."""
-
-
-@dataclass(frozen=True)
-class FailureState:
-    """The upstream's current run of failures, shared so every worker backs off together."""
-
-    failures: int
-    next_attempt: datetime
-    last_error: str
-    last_error_at: datetime
 
 
 @dataclass(frozen=True)
@@ -80,8 +66,8 @@ class SavedIndex:
     window_days: int
     fetched_at: datetime
     version: str
-    index: object  # a PaperIndex; typed loosely so this module needs no import of it
-    validators: dict = field(default_factory=dict)
+    index: object  # whatever the store's index builder made (a search.index.PaperIndex)
+    validators: Validators = NO_VALIDATORS
     changed_at: datetime | None = None  # when this version was first seen (None: fetched_at)
     code: str = CODE_FINGERPRINT
 
@@ -93,9 +79,9 @@ class SavedSnapshot:
     source: str
     fetched_at: datetime
     papers: tuple[Paper, ...]
-    # ETag/Last-Modified of the upstream answers this data came from, so whichever
+    # ETag/Last-Modified of the upstream answer this data came from, so whichever
     # worker refreshes next can ask conditionally.
-    validators: dict = field(default_factory=dict)
+    validators: Validators = NO_VALIDATORS
     # When this content was first seen (feeds' Last-Modified); files from before it was kept: fetched_at.
     changed_at: datetime | None = None
 
@@ -152,7 +138,7 @@ class SnapshotFile:
             "fetched_at": saved.fetched_at.isoformat(),
             "changed_at": saved.changed_at.isoformat(),
             "papers": [_paper_to_json(p) for p in saved.papers],
-            "validators": saved.validators,
+            "validators": saved.validators.to_json(),
         }
         body = gzip.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), compresslevel=5, mtime=0)
         self._write_atomically(self.path, body)
@@ -191,9 +177,8 @@ class SnapshotFile:
             if fetched_at is None:
                 raise ValueError("no valid fetched_at")
             papers = tuple(_paper_from_json(p) for p in document["papers"])
-            validators = document.get("validators")
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
-                                 validators if isinstance(validators, dict) else {},
+                                 Validators.from_json(document.get("validators")),
                                  parse_timestamp(document.get("changed_at")))
         except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
             aside = self.move_aside()
@@ -226,7 +211,7 @@ class SnapshotFile:
             return None
         return saved
 
-    def save_failure(self, state: FailureState | None) -> None:
+    def save_failure(self, state: FailureRun | None) -> None:
         """Record the run of failures (None: the upstream answered again, forget it)."""
         path = self.dir / FAILURE_NAME
         if state is None:
@@ -237,22 +222,24 @@ class SnapshotFile:
                            "last_error": state.last_error, "last_error_at": state.last_error_at.isoformat()})
         self._write_atomically(path, body.encode("utf-8"))
 
-    def save_checked(self, when: datetime) -> None:
-        """Record when the upstream last answered well, even if nothing changed (a 304)."""
-        self._write_atomically(self.dir / CHECKED_NAME, json.dumps({"checked_at": when.isoformat()}).encode())
+    def save_checked(self, when: datetime, source: str) -> None:
+        """Record when ``source`` last answered well, even if nothing changed (a 304)."""
+        body = json.dumps({"checked_at": when.isoformat(), "source": source}).encode()
+        self._write_atomically(self.dir / CHECKED_NAME, body)
 
-    def load_checked(self) -> datetime | None:
-        """When any worker last refreshed successfully, or None."""
+    def load_checked(self, source: str) -> datetime | None:
+        """When any worker last refreshed ``source`` successfully, or None (never, or another source)."""
         try:
-            return parse_timestamp(json.loads((self.dir / CHECKED_NAME).read_bytes()).get("checked_at"))
+            data = json.loads((self.dir / CHECKED_NAME).read_bytes())
+            return parse_timestamp(data.get("checked_at")) if data.get("source") == source else None
         except (OSError, ValueError, AttributeError):
             return None
 
-    def load_failure(self) -> FailureState | None:
+    def load_failure(self) -> FailureRun | None:
         """The recorded run of failures, or None (none, or unreadable: then each worker backs off alone)."""
         try:
             data = json.loads((self.dir / FAILURE_NAME).read_bytes())
-            state = FailureState(int(data["failures"]), parse_timestamp(data["next_attempt"]),
+            state = FailureRun(int(data["failures"]), parse_timestamp(data["next_attempt"]),
                                  str(data["last_error"]), parse_timestamp(data["last_error_at"]))
         except (OSError, ValueError, TypeError, KeyError):
             return None

@@ -8,6 +8,7 @@ rendered-feed cache.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -17,14 +18,16 @@ from cachetools import LRUCache
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import NoData
-from .fastpath import feed_answer, max_age
-from .feedcache import FeedCache, RenderedFeed
-from .params import BadParameter, FeedRequest, parse_feed_request
-from .render import FORMATS, FeedInfo
-from .papers import Paper
-from .snapshot import Snapshot, SnapshotStore
-from .sources import Source, SourceRegistry, current_snapshots, search_snapshots
+from feedproxy.errors import BadParameter, NoData, UrlNotAllowed
+from feedproxy.http.conditional import feed_answer, max_age
+from feedproxy.http.feedcache import FeedCache, RenderedFeed
+from feedproxy.http.params import FeedRequest, parse_feed_request
+from feedproxy.render.formats import FORMATS, FeedInfo
+from feedproxy.search.merged import search_snapshots
+from feedproxy.store.snapshot import Snapshot, SnapshotStore
+from feedproxy.store.sources import Source, SourceRegistry, current_snapshots
+from feedproxy.upstream.papers import Paper, iso_z
+from feedproxy.upstream.safe import check_url
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def parse_request_args(args) -> FeedRequest:
     return parse_feed_request(args, _store().window.days, registry.names, registry.default.name)
 
 
-class _ParsedRequests:
+class ParsedRequests:
     """Validated FeedRequests (or their BadParameter) by query string: feed readers repeat the same few URLs.
 
     Validation is pure given the query string and the app's settings, and it is
@@ -67,11 +70,11 @@ class _ParsedRequests:
             try:
                 found = parse_request_args(args)
             except BadParameter as exc:
-                found = (type(exc), str(exc))  # not the exception: re-raising one object grows its traceback
+                found = exc
             with self._lock:
                 self._cache[query_string] = found
-        if isinstance(found, tuple):
-            raise found[0](found[1])
+        if isinstance(found, BadParameter):
+            raise copy.copy(found)  # a copy: re-raising one object would grow its traceback each time
         return found
 
 
@@ -143,14 +146,12 @@ def _named_sources(params: FeedRequest) -> list[Source]:
     if params.url is None:
         return registry.get(params.sources)
     if not registry.allows_urls:
-        raise _Refused("fetching feeds by 'url' is disabled on this server; ask its operator to set "
-                       "FEEDPROXY_ALLOW_URL_HOSTS, or use one of the sources at /sources")
-    from .safefetch import UrlNotAllowed, check_url
-
+        raise UrlNotAllowed("fetching feeds by 'url' is disabled on this server; ask its operator to set "
+                            "FEEDPROXY_ALLOW_URL_HOSTS, or use one of the sources at /sources", params.url)
     try:
         check_url(params.url, current_app.config["FEEDPROXY"].allow_url_hosts)
     except UrlNotAllowed as exc:
-        raise _Refused(f"parameter 'url' is not allowed: {exc}") from None
+        raise UrlNotAllowed(f"parameter 'url' is not allowed: {exc}", params.url) from None
     return [registry.for_url(params.url)]
 
 
@@ -168,12 +169,9 @@ def _check_announce(params: FeedRequest, sources: list[Source]) -> None:
         f"parameter 'announce' filters by arXiv announce type, but {named} "
         f"{'has' if len(sources) == 1 else 'have'} no announce types (only arXiv listings do); "
         + (f"sources with them: {', '.join(with_types)}" if with_types else
-           "no source on this server has them now (arXiv listings are added with FEEDPROXY_FEEDS)")
+           "no source on this server has them now (arXiv listings are added with FEEDPROXY_FEEDS)"),
+        "announce",
     )
-
-
-class _Refused(BadParameter):
-    status = 403
 
 
 def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> list[Paper]:
@@ -213,7 +211,8 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     # Last-Modified is when the data was last seen to change, not the newest entry's date: a paper
     # added with an older date, or new upvotes, change the bytes and must move it too.
     changed = max(snapshot.changed_at for snapshot in snapshots)
-    return RenderedFeed(fmt.render(info, papers), fmt.media_type, changed)
+    return RenderedFeed(fmt.render(info, papers, current_app.extensions["feedproxy.entry_cache"]), fmt.media_type,
+                        changed)
 
 
 @bp.get("/sources")
@@ -228,7 +227,7 @@ def sources() -> Response:
             "url": source.url,
             "default": source is _registry().default,
             "papers": len(snapshot.papers) if snapshot else None,
-            "last_success": _iso(source.store.last_success_at),
+            "last_success": iso_z(source.store.last_success_at),
             "feed": request.host_url + "feed" + ("" if source is _registry().default else "?source=" + source.name),
         })
     return Response(json.dumps({"sources": listing}, indent=2) + "\n", content_type="application/json")
@@ -249,10 +248,6 @@ def healthz() -> Response:
     )
 
 
-def _iso(when) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
-
-
 def health_report(store: SnapshotStore) -> dict:
     """The facts an operator or a monitor needs, as plain JSON values."""
     snapshot = store.peek()
@@ -268,11 +263,11 @@ def health_report(store: SnapshotStore) -> dict:
         "status": status,
         "papers": len(snapshot.papers) if snapshot else None,
         "snapshot_version": snapshot.version if snapshot else None,
-        "newest_paper": _iso(snapshot.newest) if snapshot else None,
-        "last_success": _iso(store.last_success_at),
+        "newest_paper": iso_z(snapshot.newest) if snapshot else None,
+        "last_success": iso_z(store.last_success_at),
         "snapshot_age_seconds": age,
         "last_error": store.last_error,
-        "last_error_at": _iso(store.last_error_at),
+        "last_error_at": iso_z(store.last_error_at),
         "next_refresh_in_seconds": store.seconds_until_refresh(),
         "source": store.source.description,
         "storage_error": store.storage_error,

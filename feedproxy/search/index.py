@@ -26,8 +26,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
-from .papers import Paper
-from .query import And, Node, Not, Or, Phrase, Query, Term, TextAnalyser, positive_leaves
+from feedproxy.upstream.papers import Paper, newest_first
+from feedproxy.search.query import And, Node, Not, Or, Phrase, Query, Term, TextAnalyser, positive_leaves
 
 SORTS = ("date", "upvotes", "relevance")
 
@@ -56,7 +56,7 @@ class PaperIndex:
     """The papers of one snapshot, newest first, with everything a search needs."""
 
     def __init__(self, papers: Iterable[Paper]) -> None:
-        self.papers: tuple[Paper, ...] = tuple(sorted(papers, key=lambda p: (p.published, p.id), reverse=True))
+        self.papers: tuple[Paper, ...] = tuple(newest_first(papers))
         self._index_text()
         self._index_filters()
 

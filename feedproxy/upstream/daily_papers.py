@@ -10,16 +10,16 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import UpstreamBadData, UpstreamUnreachable
-from .fetch import HttpFetcher
-from .papers import InvalidItem, Paper, paper_from_item
+from feedproxy.errors import UpstreamBadData, UpstreamUnreachable
+from feedproxy.upstream.http import NO_VALIDATORS, HttpFetcher, Validators
+from feedproxy.upstream.papers import InvalidItem, Paper, paper_from_item
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class Page:
     papers: tuple[Paper, ...]
     item_count: int
     skipped: int
+    validators: Validators = NO_VALIDATORS  # of the answer this page came in (the first page's matter)
 
     @property
     def is_last(self) -> bool:
@@ -42,11 +43,15 @@ class Page:
 
 
 class ListingSource(Protocol):
-    """Anything that yields the listing newest first, page by page."""
+    """Anything that yields the listing newest first, page by page.
+
+    ``validators`` are those of the first page of the data the caller holds: a source that can ask
+    conditionally yields nothing at all when the upstream says it has not changed.
+    """
 
     description: str
 
-    def pages(self) -> Iterator[Page]: ...
+    def pages(self, validators: Validators = NO_VALIDATORS) -> Iterator[Page]: ...
 
 
 def parse_listing(body: bytes, page_number: int = 0, origin: str = "upstream") -> Page:
@@ -92,27 +97,23 @@ class HttpListing:
             accept="application/json", transport=transport,
         )
 
-    def pages(self) -> Iterator[Page]:
+    def pages(self, validators: Validators = NO_VALIDATORS) -> Iterator[Page]:
         """Yield pages newest first; nothing at all when the first page is unchanged (304)."""
         for number in range(self.max_pages):
-            page = self.fetch_page(number, conditional=number == 0)
+            page = self.fetch_page(number, validators if number == 0 else NO_VALIDATORS)
             if page is None:
                 return
             yield page
             if page.is_last:
                 return
 
-    def fetch_page(self, number: int, conditional: bool = False) -> Page | None:
+    def fetch_page(self, number: int, validators: Validators = NO_VALIDATORS) -> Page | None:
         """GET one page and return it parsed (None for 304), or raise an UpstreamError subclass."""
-        params = {"p": number, "limit": PAGE_SIZE}
-        fetched = self.fetcher.get(self.url, params, conditional=conditional)
+        fetched = self.fetcher.get(self.url, {"p": number, "limit": PAGE_SIZE}, validators=validators)
         if fetched.not_modified:
             return None
-        try:
-            return parse_listing(fetched.body, number, origin=f"upstream {self.url}")
-        except UpstreamBadData:
-            self.fetcher.forget(self.url, params)  # never let a bad body be revalidated as current
-            raise
+        page = parse_listing(fetched.body, number, origin=f"upstream {self.url}")
+        return replace(page, validators=fetched.validators)
 
     def close(self) -> None:
         self.fetcher.close()
@@ -126,7 +127,7 @@ class FileListing:
         self.path = Path(unquote(parts.path)) if parts.scheme == "file" else Path(location)
         self.description = str(self.path)
 
-    def pages(self) -> Iterator[Page]:
+    def pages(self, validators: Validators = NO_VALIDATORS) -> Iterator[Page]:
         origin = f"file {self.path}"
         try:
             raw = self.path.read_bytes()

@@ -2,7 +2,8 @@
 
 Pure functions: the same FeedInfo and papers give the same bytes, in every
 process and at any time, because every date comes from the data and nothing
-reads the clock. Upstream text is always escaped, never injected as markup,
+reads the clock or keeps state; an EntryCache the caller passes only saves
+rendering an entry twice (the bytes are the same with it or without). Upstream text is always escaped, never injected as markup,
 and stripped of characters XML 1.0 forbids once more here, so no Paper built
 by hand can break a feed either.
 """
@@ -21,8 +22,8 @@ from feedgen.entry import FeedEntry
 from feedgen.feed import FeedGenerator
 from lxml import etree
 
-from . import __version__
-from .papers import Paper, strip_xml_forbidden
+from feedproxy import __version__
+from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
 
 HF_PAPERS_PAGE = "https://huggingface.co/papers"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
@@ -128,7 +129,7 @@ def _feed_entry(paper: Paper, dc_creator: bool = False) -> FeedEntry:
 
 
 class EntryCache:
-    """Rendered entries by format and paper, bounded by bytes, shared by every feed of a process.
+    """Rendered entries by format and paper, bounded by bytes; the app keeps one for all its feeds.
 
     An entry depends only on its paper, so a paper in many feeds (every recent
     paper is) is rendered once; a feed is its head plus cached entries. Keyed by
@@ -151,7 +152,11 @@ class EntryCache:
         return found
 
 
-ENTRIES = EntryCache()
+def _entries(fmt: str, papers: Sequence[Paper], render: Callable[[Paper], bytes], cache: EntryCache | None):
+    """Each paper's rendered entry: from the cache when one is given (the same bytes either way)."""
+    if cache is None:
+        return [render(p) for p in papers]
+    return [cache.get(fmt, p, render) for p in papers]
 
 
 def _atom_entry(paper: Paper) -> bytes:
@@ -178,14 +183,14 @@ def _splice(document: bytes, end_tag: bytes, entries: Iterable[bytes]) -> bytes:
     return document[: -len(end_tag)] + b"".join(entries) + end_tag
 
 
-def render_atom(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+def render_atom(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | None = None) -> bytes:
     """Return an Atom 1.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
     fg.link(href=info.self_url, rel="self", type="application/atom+xml")
-    return _splice(fg.atom_str(pretty=False), b"</feed>", (ENTRIES.get("atom", p, _atom_entry) for p in papers))
+    return _splice(fg.atom_str(pretty=False), b"</feed>", _entries("atom", papers, _atom_entry, entries))
 
 
-def render_rss(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | None = None) -> bytes:
     """Return an RSS 2.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
     fg.load_extension("dc", atom=False, rss=True)  # declares xmlns:dc on <rss>, for the items' dc:creator
@@ -195,11 +200,7 @@ def render_rss(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     for prefix, uri in RSS_NAMESPACES.items():
         if f'xmlns:{prefix}="{uri}"'.encode() not in root:  # the items use the prefix undeclared
             raise ValueError(f"feedgen's <rss> does not declare xmlns:{prefix}={uri!r}")
-    return _splice(head, b"</channel></rss>", (ENTRIES.get("rss", p, _rss_item) for p in papers))
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
+    return _splice(head, b"</channel></rss>", _entries("rss", papers, _rss_item, entries))
 
 
 def _json_item(paper: Paper) -> bytes:
@@ -208,8 +209,8 @@ def _json_item(paper: Paper) -> bytes:
         "url": paper.url,
         "title": _text(paper.title),
         "content_html": entry_html(paper),
-        "date_published": _rfc3339(paper.published),
-        "date_modified": _rfc3339(paper.published),
+        "date_published": iso_z(paper.published),
+        "date_modified": iso_z(paper.published),
     }
     if paper.is_arxiv and paper.arxiv_url != paper.url:
         item["external_url"] = paper.arxiv_url
@@ -224,7 +225,7 @@ def _json_item(paper: Paper) -> bytes:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
+def render_json(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | None = None) -> bytes:
     """Return a JSON Feed 1.1 document listing ``papers`` in the order given."""
     document = {
         "version": JSON_FEED_VERSION,
@@ -238,7 +239,7 @@ def render_json(info: FeedInfo, papers: Sequence[Paper]) -> bytes:
     }
     head = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     # "items" is the last key: open its list again and fill it with the cached items.
-    return _splice(head, b"]}", [b",".join(ENTRIES.get("json", p, _json_item) for p in papers)])
+    return _splice(head, b"]}", [b",".join(_entries("json", papers, _json_item, entries))])
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class Format:
 
     name: str
     media_type: str
-    render: Callable[[FeedInfo, Sequence[Paper]], bytes]
+    render: Callable[[FeedInfo, Sequence[Paper], EntryCache | None], bytes]
 
 
 FORMATS = {

@@ -2,25 +2,66 @@
 
 httpx gives connect and read timeouts; on top of them a whole-response
 deadline (so a server dripping a byte per read timeout cannot hold a refresh),
-a byte cap, and ETag/Last-Modified validators remembered per URL so an
-unchanged upstream answers 304 with no body. Every low-level failure becomes
-one UpstreamError subclass whose message starts with the URL.
+a byte cap, and conditional requests: the caller passes the Validators
+(ETag, Last-Modified) of the data it holds, and an unchanged upstream answers
+304 with no body. The fetcher remembers nothing: validators travel with the
+data (Page, Snapshot, the saved file). Every low-level failure becomes one
+UpstreamError subclass whose message starts with the URL.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Mapping
 from urllib.parse import urlencode
 
 import httpx
 
-from . import __version__
-from .errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from feedproxy import __version__
+from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
 USER_AGENT = f"feedproxy/{__version__} (self-hosted Daily Papers feed filter)"
+# What RSS/Atom fetches accept (configured feeds and url= feeds alike).
+FEED_ACCEPT = "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+
+
+@dataclass(frozen=True)
+class Validators:
+    """An answer's ETag and Last-Modified, sent back as If-None-Match and If-Modified-Since."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> "Validators":
+        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+
+    def to_json(self) -> dict[str, str]:
+        return {k: v for k, v in (("etag", self.etag), ("last_modified", self.last_modified)) if v}
+
+    @classmethod
+    def from_json(cls, data: object) -> "Validators":
+        """Read what to_json wrote; anything else (an older file's shape, junk) gives none."""
+        if not isinstance(data, dict):
+            return cls()
+        etag, last_modified = data.get("etag"), data.get("last_modified")
+        return cls(etag if isinstance(etag, str) else None, last_modified if isinstance(last_modified, str) else None)
+
+
+NO_VALIDATORS = Validators()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -51,6 +92,10 @@ class Fetched:
     def not_modified(self) -> bool:
         return self.body is None
 
+    @property
+    def validators(self) -> Validators:
+        return Validators.from_headers(self.headers)
+
 
 class HttpFetcher:
     """GET URLs with timeouts, a size cap and conditional requests; raise UpstreamError on failure."""
@@ -67,8 +112,6 @@ class HttpFetcher:
     ):
         self.max_bytes = max_bytes
         self.deadline = connect_timeout + 2 * read_timeout
-        self._validators: dict[str, dict[str, str]] = {}
-        self._lock = threading.Lock()
         self._client = httpx.Client(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             headers={"User-Agent": USER_AGENT, "Accept": accept},
@@ -77,15 +120,10 @@ class HttpFetcher:
             transport=transport,
         )
 
-    def get(self, url: str, params: dict | None = None, *, conditional: bool = True) -> Fetched:
-        """GET ``url``; with ``conditional``, send the validators of the last 200 for the same URL."""
-        full = url + ("?" + urlencode(params) if params else "")
-        headers = {}
-        if conditional:
-            with self._lock:
-                headers = dict(self._validators.get(full, {}))
+    def get(self, url: str, params: dict | None = None, *, validators: Validators = NO_VALIDATORS) -> Fetched:
+        """GET ``url``, conditionally when ``validators`` are given (then a 304 gives a Fetched without body)."""
         try:
-            return self._get(url, params, full, headers, conditional)
+            return self._get(url, params, validators.request_headers())
         except UpstreamError:
             raise
         except httpx.TimeoutException as exc:
@@ -96,8 +134,9 @@ class HttpFetcher:
             # Broken connections, bad encodings, too many redirects, protocol errors.
             raise UpstreamBadData(f"upstream {url}: {type(exc).__name__}: {exc}") from None
 
-    def _get(self, url: str, params: dict | None, full: str, headers: dict, conditional: bool) -> Fetched:
+    def _get(self, url: str, params: dict | None, headers: dict) -> Fetched:
         origin = f"upstream {url}"
+        full = url + ("?" + urlencode(params) if params else "")
         started = time.monotonic()
         with self._client.stream("GET", url, params=params, headers=headers) as response:
             if response.status_code == 304 and headers:
@@ -117,43 +156,7 @@ class HttpFetcher:
                     raise UpstreamTimeout(f"{origin}: response took longer than {self.deadline:g} s")
                 chunks.append(chunk)
             body = b"".join(chunks)
-        if conditional:
-            self._remember(full, response.headers)
         return Fetched(full, body, response.headers)
-
-    def _remember(self, full: str, headers: httpx.Headers) -> None:
-        validators = {}
-        if headers.get("ETag"):
-            validators["If-None-Match"] = headers["ETag"]
-        if headers.get("Last-Modified"):
-            validators["If-Modified-Since"] = headers["Last-Modified"]
-        with self._lock:
-            if validators:
-                self._validators[full] = validators
-            else:
-                self._validators.pop(full, None)
-
-    def export_validators(self) -> dict[str, dict[str, str]]:
-        """The remembered validators, to save beside the data they describe."""
-        with self._lock:
-            return {url: dict(v) for url, v in self._validators.items()}
-
-    def restore_validators(self, saved: object) -> None:
-        """Adopt validators saved by another process for the same data (junk is ignored)."""
-        if not isinstance(saved, dict):
-            return
-        allowed = {"If-None-Match", "If-Modified-Since"}
-        with self._lock:
-            for url, validators in saved.items():
-                if isinstance(url, str) and isinstance(validators, dict):
-                    clean = {k: v for k, v in validators.items() if k in allowed and isinstance(v, str)}
-                    if clean:
-                        self._validators[url] = clean
-
-    def forget(self, url: str, params: dict | None = None) -> None:
-        """Drop the validators of one URL, so its next GET is unconditional."""
-        with self._lock:
-            self._validators.pop(url + ("?" + urlencode(params) if params else ""), None)
 
     def close(self) -> None:
         self._client.close()

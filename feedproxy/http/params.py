@@ -13,13 +13,14 @@ from urllib.parse import quote, urlencode
 
 from werkzeug.datastructures import MultiDict
 
-from .query import Query, QueryError, parse_query
-from .render import FORMATS
+from feedproxy.errors import BadParameter, QueryError, UnknownSource
+from feedproxy.search.index import SORTS
+from feedproxy.search.query import Query, parse_query
+from feedproxy.upstream.feeds import ANNOUNCE_TYPES
+from feedproxy.render.formats import FORMATS
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-SORTS = ("date", "upvotes", "relevance")
-ANNOUNCE_TYPES = ("new", "cross", "replace", "replace-cross")
 MAX_SOURCES = 10
 MAX_TITLE_QUERY = 200  # characters of the query shown in a feed's title
 # Left as they are in feed URLs, for readability (source lists, url= values); every other character
@@ -30,18 +31,6 @@ URL_SAFE = ":/,"
 def encode_params(pairs: Iterable[tuple[str, str]]) -> str:
     """Write a query string the one way feedproxy spells URLs: the feed's self link and id, the page, OPML."""
     return urlencode(list(pairs), quote_via=quote, safe=URL_SAFE)
-
-
-class BadParameter(ValueError):
-    """A request parameter is invalid; the message names it and says what is accepted."""
-
-    status = 400
-
-
-class UnknownSource(BadParameter):
-    """The request names a source this server does not have."""
-
-    status = 404
 
 
 @dataclass(frozen=True)
@@ -103,7 +92,7 @@ class FeedRequest:
 def _single(args: MultiDict, name: str) -> str | None:
     values = args.getlist(name)
     if len(values) > 1:
-        raise BadParameter(f"parameter {name!r} is given {len(values)} times; give it once")
+        raise BadParameter(f"parameter {name!r} is given {len(values)} times; give it once", name)
     return values[0] if values else None
 
 
@@ -113,10 +102,10 @@ def _whole_number(args: MultiDict, name: str, default: int | None, low: int, hig
         return default
     text = raw.strip()
     if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise BadParameter(f"parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+        raise BadParameter(f"parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}", name)
     value = int(text)
     if not low <= value <= high:
-        raise BadParameter(f"parameter {name!r} must be from {low} to {high}, got {value}")
+        raise BadParameter(f"parameter {name!r} must be from {low} to {high}, got {value}", name)
     return value
 
 
@@ -124,7 +113,7 @@ def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
     raw = _single(args, name)
     value = (raw or choices[0]).strip().lower()
     if value not in choices:
-        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}")
+        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}", name)
     return value
 
 
@@ -142,10 +131,10 @@ def parse_feed_request(
     try:
         query = parse_query(raw_q)
     except QueryError as exc:
-        raise BadParameter(f"parameter 'q' is not a valid query: {exc}") from None
+        raise BadParameter(f"parameter 'q' is not a valid query: {exc}", "q") from None
     sources = _names(args, "source")
     if len(sources) > MAX_SOURCES:
-        raise BadParameter(f"parameter 'source' names {len(sources)} sources; at most {MAX_SOURCES} are merged")
+        raise BadParameter(f"parameter 'source' names {len(sources)} sources; at most {MAX_SOURCES} are merged", "source")
     if known_sources is not None:
         known = list(known_sources)
         unknown = [s for s in sources if s not in known]
@@ -156,10 +145,10 @@ def parse_feed_request(
     announce = _names(args, "announce")
     bad = [a for a in announce if a not in ANNOUNCE_TYPES]
     if bad:
-        raise BadParameter(f"parameter 'announce' must list {', '.join(ANNOUNCE_TYPES)}, got {bad[0][:40]!r}")
+        raise BadParameter(f"parameter 'announce' must list {', '.join(ANNOUNCE_TYPES)}, got {bad[0][:40]!r}", "announce")
     url = (_single(args, "url") or "").strip() or None
     if url is not None and sources:
-        raise BadParameter("give either 'url' or 'source', not both")
+        raise BadParameter("give either 'url' or 'source', not both", "url")
     return FeedRequest(
         query=query,
         limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),

@@ -1,0 +1,58 @@
+"""The application factory: the sources and their stores, the views, caches, metrics and error handlers.
+
+Configuration comes from the environment unless a Config is given; tests inject
+the listing source and the clock so they need neither the network nor sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from feedproxy.config import Config
+from feedproxy.http import metrics
+from feedproxy.http.accesslog import configure_access_log
+from feedproxy.http.fastpath import FeedFastPath
+from feedproxy.http.feedcache import FeedCache
+from feedproxy.http.page import bp as page_bp
+from feedproxy.http.views import ParsedRequests, bp, handle_http_error, handle_unexpected
+from feedproxy.logs import configure_logging
+from feedproxy.render.formats import EntryCache
+from feedproxy.store.snapshot import Clock, utcnow
+from feedproxy.upstream.daily_papers import ListingSource
+from feedproxy.wiring import build_sources
+
+
+def create_app(config: Config | None = None, *, source: ListingSource | None = None, clock: Clock | None = None) -> Flask:
+    """Build the Flask app: the sources and their stores, the views, metrics and error handlers."""
+    config = Config.from_env() if config is None else config
+    app = Flask("feedproxy")
+    app.config["FEEDPROXY"] = config
+    # Repeated feed URLs are answered below Flask; ProxyFix, when used, wraps it so the URL is the public one.
+    app.wsgi_app = app.extensions["feedproxy.fast_path"] = FeedFastPath(app.wsgi_app)
+    if config.proxy_count:
+        # Behind nginx, trust X-Forwarded-Proto/Host so rel=self and ids carry the public URL.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_count, x_proto=config.proxy_count,
+                                x_host=config.proxy_count, x_port=config.proxy_count)
+    registry = build_sources(config, source, clock or utcnow, on_upstream_request=metrics.record_upstream)
+    app.extensions["feedproxy.sources"] = registry
+    app.extensions["feedproxy.store"] = registry.default.store
+    app.extensions["feedproxy.feed_cache"] = FeedCache()
+    app.extensions["feedproxy.entry_cache"] = EntryCache()
+    app.extensions["feedproxy.parsed_requests"] = ParsedRequests()
+    app.register_blueprint(bp)
+    app.register_blueprint(page_bp)
+    metrics.install(app)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(Exception, handle_unexpected)
+    if config.background_refresh:
+        # Fetch at start so the first reader does not wait; a failure is only logged.
+        for named in registry:
+            threading.Thread(target=named.store.refresh_if_due, name=f"feedproxy-first-refresh-{named.name}",
+                             daemon=True).start()
+    configure_logging()
+    configure_access_log()
+    return app

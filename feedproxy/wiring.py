@@ -1,0 +1,80 @@
+"""Building the sources from the settings: one SnapshotStore per source, wired to its fetcher.
+
+Used by the app (app.py) and by the refresher child (refresher.py), so it
+imports neither Flask nor the metrics: whoever wants upstream requests counted
+passes ``on_upstream_request``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+from feedproxy.config import DEFAULT_SOURCE, Config
+from feedproxy.errors import UpstreamError
+from feedproxy.search.index import PaperIndex
+from feedproxy.store.child import run_in_child
+from feedproxy.store.files import SnapshotFile
+from feedproxy.store.snapshot import Clock, SnapshotStore, utcnow
+from feedproxy.store.sources import Source, SourceRegistry
+from feedproxy.upstream.daily_papers import ListingSource, source_for
+from feedproxy.upstream.feeds import FeedListing
+from feedproxy.upstream.http import FEED_ACCEPT, HttpFetcher
+from feedproxy.upstream.safe import SafeFetcher
+
+
+def build_sources(
+    config: Config,
+    default_listing: ListingSource | None = None,
+    clock: Clock | None = None,
+    only: str | None = None,
+    *,
+    on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
+    load_saved: bool = True,
+) -> SourceRegistry:
+    """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed.
+
+    ``only`` builds just that source, and ``load_saved=False`` leaves its saved snapshot unread until a
+    refresh needs it: what the refresher child wants.
+    """
+    clock = clock or utcnow
+
+    def store_for(listing: ListingSource, name: str | None) -> SnapshotStore:
+        # Each configured source keeps its own file; ad-hoc URL sources live in memory only.
+        folder = os.path.join(config.data_dir, name) if config.data_dir and name else None
+        refresher = None
+        if folder and config.refresh_in_subprocess:
+            refresher = functools.partial(run_in_child, config, name)
+        return SnapshotStore(
+            listing,
+            build_index=PaperIndex,
+            window_days=config.window_days,
+            refresh_seconds=config.refresh_seconds,
+            clock=clock,
+            background=config.background_refresh,
+            storage=SnapshotFile(folder) if folder else None,
+            on_upstream_request=on_upstream_request,
+            refresher=refresher,
+            load_saved=load_saved,
+        )
+
+    settings = dict(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+                    max_bytes=config.max_response_bytes)
+
+    def feed_source(name: str, url: str) -> Source:
+        listing = FeedListing(url, fetcher=HttpFetcher(accept=FEED_ACCEPT, **settings))
+        return Source(name, url, name, store_for(listing, name))
+
+    def url_source(url: str) -> Source:
+        listing = FeedListing(url, fetcher=SafeFetcher(allowed_hosts=config.allow_url_hosts, **settings))
+        return Source("url", url, url, store_for(listing, None))
+
+    sources = []
+    if only in (None, DEFAULT_SOURCE):
+        listing = default_listing if default_listing is not None else source_for(config)
+        sources.append(Source(DEFAULT_SOURCE, config.upstream_url, "Daily Papers", store_for(listing, DEFAULT_SOURCE)))
+    sources += [feed_source(name, url) for name, url in config.feeds if only in (None, name)]
+    if not sources:
+        raise ValueError(f"no source named {only!r}")
+    return SourceRegistry(sources, url_source if config.allow_url_hosts else None)
