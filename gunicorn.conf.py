@@ -15,13 +15,15 @@ import sys
 
 from feedproxy.config import Config
 from feedproxy.errors import ConfigError
+from feedproxy.numbers import parse_whole_number
 
 
 def _whole(name: str, default: int, low: int, high: int) -> int:
     raw = os.environ.get(name, "").strip() or str(default)
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        sys.exit(f"feedproxy: configuration error: {name} must be a whole number from {low} to {high}, got {raw!r}")
-    return int(raw)
+    try:
+        return parse_whole_number(raw, low, high)
+    except ValueError as exc:
+        sys.exit(f"feedproxy: configuration error: {name} {exc}")
 
 
 try:

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from feedproxy.search.index import PaperIndex  # noqa: E402
-from feedproxy.upstream.papers import InvalidItem, paper_from_item  # noqa: E402
+from feedproxy.errors import InvalidItem  # noqa: E402
+from feedproxy.upstream.papers import paper_from_item  # noqa: E402
 from feedproxy.search.query import parse_query  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "fixtures" / "daily_papers_corpus.json.gz"

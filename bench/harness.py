@@ -60,7 +60,8 @@ def load_corpus(path: Path) -> tuple[list[dict], str]:
 
 def valid_paper_count(items: list[dict]) -> int:
     """How many distinct papers feedproxy keeps from these items (what /healthz should report)."""
-    from feedproxy.upstream.papers import InvalidItem, paper_from_item
+    from feedproxy.errors import InvalidItem
+    from feedproxy.upstream.papers import paper_from_item
 
     ids = set()
     for item in items:

@@ -7,6 +7,7 @@ the listing source and the clock so they need neither the network nor sleeping.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException
@@ -23,11 +24,17 @@ from feedproxy.logs import configure_logging
 from feedproxy.render.formats import EntryCache
 from feedproxy.store.snapshot import Clock, utcnow
 from feedproxy.upstream.daily_papers import ListingSource
+from feedproxy.upstream.http import HttpFetcher
 from feedproxy.wiring import build_sources
 
 
-def create_app(config: Config | None = None, *, source: ListingSource | None = None, clock: Clock | None = None) -> Flask:
-    """Build the Flask app: the sources and their stores, the views, metrics and error handlers."""
+def create_app(config: Config | None = None, *, source: ListingSource | None = None, clock: Clock | None = None,
+               url_fetcher: Callable[[], HttpFetcher] | None = None) -> Flask:
+    """Build the Flask app: the sources and their stores, the views, metrics and error handlers.
+
+    ``source``, ``clock`` and ``url_fetcher`` replace the Daily Papers listing, the clock and the
+    fetcher of url= feeds (tests: a fake upstream, a clock moved by hand, a loopback network).
+    """
     config = Config.from_env() if config is None else config
     app = Flask("feedproxy")
     app.config["FEEDPROXY"] = config
@@ -37,7 +44,8 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
         # Behind nginx, trust X-Forwarded-Proto/Host so rel=self and ids carry the public URL.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_count, x_proto=config.proxy_count,
                                 x_host=config.proxy_count, x_port=config.proxy_count)
-    registry = build_sources(config, source, clock or utcnow, on_upstream_request=metrics.record_upstream)
+    registry = build_sources(config, source, clock or utcnow, on_upstream_request=metrics.record_upstream,
+                             url_fetcher=url_fetcher)
     app.extensions["feedproxy.sources"] = registry
     app.extensions["feedproxy.store"] = registry.default.store
     app.extensions["feedproxy.feed_cache"] = FeedCache()

@@ -15,6 +15,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from feedproxy.errors import ConfigError
+from feedproxy.numbers import parse_whole_number
 
 DEFAULT_UPSTREAM_URL = "https://huggingface.co/api/daily_papers"
 
@@ -30,12 +31,9 @@ def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, 
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value}")
-    return value
+        return parse_whole_number(raw, low, high)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 def _float_setting(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:

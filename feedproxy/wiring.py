@@ -32,11 +32,13 @@ def build_sources(
     *,
     on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
     load_saved: bool = True,
+    url_fetcher: Callable[[], HttpFetcher] | None = None,
 ) -> SourceRegistry:
     """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed.
 
     ``only`` builds just that source, and ``load_saved=False`` leaves its saved snapshot unread until a
-    refresh needs it: what the refresher child wants.
+    refresh needs it: what the refresher child wants. ``url_fetcher`` makes the fetcher of each url=
+    source (a SafeFetcher for the allowed hosts unless given; tests give one on a loopback network).
     """
     clock = clock or utcnow
 
@@ -67,8 +69,9 @@ def build_sources(
         return Source(name, url, name, store_for(listing, name))
 
     def url_source(url: str) -> Source:
-        listing = FeedListing(url, fetcher=SafeFetcher(allowed_hosts=config.allow_url_hosts, **settings))
-        return Source("url", url, url, store_for(listing, None))
+        fetcher = url_fetcher() if url_fetcher else SafeFetcher(allowed_hosts=config.allow_url_hosts, **settings)
+        listing = FeedListing(url, fetcher=fetcher)
+        return Source("url", url, url, store_for(listing, None), adhoc=True)
 
     sources = []
     if only in (None, DEFAULT_SOURCE):

@@ -388,7 +388,7 @@ def test_honcho_stops_on_a_bad_setting_with_one_line(tmp_path):
     finally:
         stop_group(proc)
     log = out.read_text()
-    assert "feedproxy: configuration error: GUNICORN_THREADS must be a whole number from 1 to 64, got '0'" in log, log
+    assert "feedproxy: configuration error: GUNICORN_THREADS must be from 1 to 64, got 0" in log, log
     assert "Traceback" not in log, log
 
 

@@ -64,7 +64,7 @@ def test_unreachable_upstream_starts_and_answers_503(tmp_path):
     [
         ({"FEEDPROXY_WINDOW_DAYS": "many"}, "FEEDPROXY_WINDOW_DAYS must be a whole number"),
         ({"PORT": "http"}, "PORT must be a whole number"),
-        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be a whole number from 1 to 64"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be from 1 to 64, got 0"),
     ],
 )
 def test_bad_configuration_stops_start_with_a_message(env, words):

@@ -177,15 +177,24 @@ def test_the_fast_path_steps_aside_when_the_snapshot_changes(app, client, upstre
     assert b"4242 upvotes" in after.data and after.headers["ETag"] != before.headers["ETag"]
 
 
-def test_the_fast_path_keeps_no_feed_alive_that_the_feed_cache_let_go(app, client):
+def test_the_fast_path_keeps_no_feed_alive_that_the_feed_cache_let_go(app, client, caplog):
+    """The fast path holds feeds weakly: once the feed cache lets one go, the view renders it again."""
     import gc
 
     cache = app.extensions["feedproxy.feed_cache"]
-    cache._cache.clear()  # as when the byte bound evicts every feed
-    client.get("/feed?q=model")
-    with cache._lock:
-        cache._cache.clear()
-    gc.collect()
-    fast_path = app.extensions["feedproxy.fast_path"]
-    assert all(known.feed() is None for known in fast_path._known.values())
-    assert client.get("/feed?q=model").status_code == 200  # answered again by the view
+    with caplog.at_level("INFO", logger="feedproxy.access"):
+        client.get("/feed?q=model")
+        client.get("/feed?q=model")  # the fast path
+        cache.clear()  # as when the byte bound evicts every feed
+        gc.collect()
+        assert client.get("/feed?q=model").status_code == 200
+    results = [r.getMessage().split(" cache=")[1].split()[0] for r in caplog.records if r.name == "feedproxy.access"]
+    assert results == ["miss", "hit", "miss"]  # rendered again by the view: nothing held it
+
+
+def test_the_fast_path_tells_hosts_apart(client):
+    """A feed names itself by the host it was asked at: a repeat at another host is not the same answer."""
+    for host in ("a.example", "a.example", "b.example", "b.example"):  # each second time: the fast path
+        response = client.get("/feed?q=model", headers={"Host": host})
+        assert f'href="http://{host}/feed?q=model"'.encode() in response.data
+        assert b"a.example" not in response.data if host == "b.example" else b"b.example" not in response.data

@@ -108,14 +108,22 @@ def test_batched_access_lines_are_whole_and_at_most_4_kb_per_write(monkeypatch):
 
 
 def test_pending_counts_reach_prometheus_in_bulk_with_the_right_buckets():
-    from feedproxy.http.metrics import LATENCY, PENDING, REQUESTS
+    from prometheus_client import REGISTRY
+
+    from feedproxy.http.metrics import LATENCY_BUCKETS, PENDING
+
+    bounds = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
 
     def bucket_counts():
-        child = LATENCY.labels("/bulkprobe")
-        return [b.get() for b in child._buckets], child._sum.get()
+        cumulative = [value("feedproxy_http_request_duration_seconds_bucket", route="/bulkprobe", le=b) for b in bounds]
+        return ([c - p for c, p in zip(cumulative, [0.0, *cumulative[:-1]])],
+                value("feedproxy_http_request_duration_seconds_sum", route="/bulkprobe"))
 
     before, sum_before = bucket_counts()
-    requests_before = REQUESTS.labels("/bulkprobe", "200")._value.get()
+    requests_before = value("feedproxy_http_requests_total", route="/bulkprobe", status="200")
     for elapsed in (0.0005, 0.001, 0.003, 0.003, 20.0):
         PENDING.add("/bulkprobe", "200", None, elapsed)
     PENDING.flush()
@@ -124,4 +132,4 @@ def test_pending_counts_reach_prometheus_in_bulk_with_the_right_buckets():
     # le=0.001 gets 0.0005 and 0.001 (bounds are inclusive), le=0.005 the two 3 ms, +Inf the 20 s one.
     assert added == [2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     assert abs((sum_after - sum_before) - 20.0075) < 1e-9
-    assert REQUESTS.labels("/bulkprobe", "200")._value.get() - requests_before == 5
+    assert value("feedproxy_http_requests_total", route="/bulkprobe", status="200") - requests_before == 5

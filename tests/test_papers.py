@@ -2,7 +2,8 @@
 
 import pytest
 
-from feedproxy.upstream.papers import InvalidItem, clean_text, paper_from_item, parse_timestamp, strip_xml_forbidden
+from feedproxy.errors import InvalidItem
+from feedproxy.upstream.papers import clean_text, paper_from_item, parse_timestamp, strip_xml_forbidden
 
 from .conftest import all_items, load_items
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import time
 from datetime import timedelta
 
 import pytest
@@ -118,3 +119,25 @@ def test_a_stopped_child_pauses_refreshing_without_counting_a_failure(upstream, 
             store.current()
         assert "was stopped" in err.value.reason and 1 <= err.value.retry_after <= 5
     assert len(started) == 1 and _failures_on_disk(tmp_path) is None
+
+
+def test_a_child_reads_the_folders_state_before_loading_the_saved_index(upstream, tmp_path, capfd):
+    """A child that finds the saved data fresh exits without loading it; one that will fetch loads it first."""
+    config = make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True, refresh_seconds=3)
+    run_in_child(config, "hf-daily", 0)  # nothing saved yet: it fetches and saves
+    first = capfd.readouterr().err
+    assert "refresh ok" in first and "loaded saved" not in first and len(upstream.requests) == 1
+    run_in_child(config, "hf-daily", 0)  # another worker's child, started just after: nothing to do
+    assert "loaded saved" not in capfd.readouterr().err and len(upstream.requests) == 1
+    time.sleep(3.1)  # the refresh interval passes
+    run_in_child(config, "hf-daily", 0)
+    err = capfd.readouterr().err
+    assert "loaded saved index cache" in err and "refresh ok" in err and len(upstream.requests) == 2
+
+
+def test_a_child_leaves_no_metrics_files(upstream, tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))  # as gunicorn.conf.py sets it for workers
+    child_store(upstream, tmp_path).current()
+    assert len(upstream.requests) == 1 and list(metrics.iterdir()) == []

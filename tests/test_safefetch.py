@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from feedproxy.upstream import safe as safefetch
 from feedproxy.errors import BadParameter, UpstreamBadData, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from feedproxy.upstream.feeds import FeedListing
 from feedproxy.upstream.safe import (

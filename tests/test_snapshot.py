@@ -226,3 +226,21 @@ def test_a_fetch_cut_short_is_never_revalidated(clock):
         assert fake.requests[4]["headers"]["If-None-Match"] == fake.requests_etag(2)
     finally:
         fake.stop()
+
+
+def test_only_one_refresh_thread_starts_while_a_refresh_runs(upstream, clock, monkeypatch):
+    """Every request during a slow refresh finds it due; one thread must do it, not one per request."""
+    store = store_for(upstream, clock, window_days=1000, background=True)
+    store.current()  # cold: fetched in this thread
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), start(thread))[1])
+    upstream.always = Fault(delay=1.0)
+    clock.advance(901)
+    for _ in range(20):
+        store.current()
+        time.sleep(0.01)
+    refreshes = [t for t in started if t.name.startswith("feedproxy")]  # not the fake upstream's own
+    assert [t.name for t in refreshes] == ["feedproxy-refresh"]
+    refreshes[0].join(timeout=10)
+    assert len(upstream.requests) == 2

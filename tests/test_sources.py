@@ -9,6 +9,7 @@ from feedproxy.app import create_app
 from .atomcheck import check_atom, entry_ids
 from .conftest import make_config
 from .fakefeeds import FakeFeeds, fixture
+from .test_safefetch import fetcher_for
 
 LG_IDS = ["2508.13601", "2508.13644", "2508.12990", "2406.01122", "2312.04410", "2508.13777"]
 
@@ -141,10 +142,61 @@ def test_url_parameter_only_for_allowed_hosts_and_public_addresses(upstream, clo
     port = client.get(f"/feed?url=http://localhost:{upstream.url.split(':')[2].split('/')[0]}/feed")
     assert port.status_code == 403 and "port" in port.text
     loopback = client.get("/feed?url=http://localhost/feed")
-    assert loopback.status_code in (403, 503) and "127.0.0.1" in loopback.text
+    # The host is allowed; its address is checked when it is fetched, so the answer is the fetch's failure.
+    assert loopback.status_code == 503 and "127.0.0.1" in loopback.text and "only public addresses can be fetched" in loopback.text
 
 
 def test_url_and_source_together_are_refused(upstream, clock):
     client = create_app(make_config(upstream.url, allow_url_hosts=frozenset({"example.org"})), clock=clock).test_client()
-    response = client.get("/feed?url=https://example.org/feed&source=hf-daily,x")
-    assert response.status_code in (400, 404)
+    for source in ("hf-daily", "hf-daily,hf-daily", "HF-DAILY"):  # even the default, spelled out
+        response = client.get(f"/feed?url=https://example.org/feed&source={source}")
+        assert response.status_code == 400 and "give either 'url' or 'source', not both" in response.text
+    unknown = client.get("/feed?url=https://example.org/feed&source=nope")
+    assert unknown.status_code == 404 and "unknown source 'nope'" in unknown.text
+
+
+@pytest.fixture
+def feeds_example():
+    """feeds.example, a public host in a loopback world (see test_safefetch), serving a blog feed."""
+    with FakeFeeds() as server:
+        server.serve("/feed.xml", fixture("blog.rss"))
+        yield server
+
+
+def url_client(upstream, clock, server):
+    """An app that fetches url= feeds of feeds.example through SafeFetcher on the loopback network."""
+    config = make_config(upstream.url, allow_url_hosts=frozenset({"feeds.example"}))
+    return create_app(config, clock=clock, url_fetcher=lambda: fetcher_for(server)[0]).test_client()
+
+
+def test_a_url_source_is_reused_between_requests(upstream, clock, feeds_example):
+    client = url_client(upstream, clock, feeds_example)
+    for q in ("", "school", "cluster", ""):
+        response = client.get(f"/feed?url=http://feeds.example/feed.xml&q={q}")
+        assert response.status_code == 200
+    assert feeds_example.paths() == ["/feed.xml"]  # one fetch: the same store answered every request
+
+
+def test_the_fast_path_does_not_remember_url_feeds(upstream, clock, feeds_example):
+    """Evicted url= sources must not live on in the fast path, serving what they held."""
+    client = url_client(upstream, clock, feeds_example)
+    first = client.get("/feed?url=http://feeds.example/feed.xml")
+    assert first.status_code == 200 and b"summer school" in first.data
+    for n in range(40):  # more url= feeds than the registry keeps: the first one's source goes
+        feeds_example.serve(f"/other-{n}.xml", fixture("blog.atom"))
+        assert client.get(f"/feed?url=http://feeds.example/other-{n}.xml").status_code == 200
+    feeds_example.serve("/feed.xml", fixture("arxiv-cs.CL.rss"))
+    again = client.get("/feed?url=http://feeds.example/feed.xml")
+    assert again.status_code == 200 and b"summer school" not in again.data  # fetched anew
+    assert feeds_example.paths().count("/feed.xml") == 2
+
+
+def test_url_feeds_keep_their_own_rendered_copies(upstream, clock, feeds_example, caplog):
+    """Each url= feed is its own cache scope: asking for one must not drop another's rendered feed."""
+    feeds_example.serve("/other.xml", fixture("blog.atom"))
+    client = url_client(upstream, clock, feeds_example)
+    with caplog.at_level("INFO", logger="feedproxy.access"):
+        for path in ("/feed.xml", "/other.xml", "/feed.xml"):
+            assert client.get(f"/feed?url=http://feeds.example{path}").status_code == 200
+    results = [r.getMessage().split(" cache=")[1].split()[0] for r in caplog.records if r.name == "feedproxy.access"]
+    assert results == ["miss", "miss", "hit"]

@@ -180,7 +180,7 @@ def test_a_change_to_the_text_analysis_makes_index_caches_stale(monkeypatch):
     # query.py, e.g. before acronym plurals lost their s) must be rebuilt.
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + b"#" * (path.name == "query.py"))
-    assert storage._code_fingerprint() != storage.CODE_FINGERPRINT
+    assert storage.code_fingerprint() != storage.CODE_FINGERPRINT
 
 
 def test_workers_back_off_together_during_an_outage(tmp_path, upstream, clock):

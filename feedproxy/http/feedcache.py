@@ -90,6 +90,11 @@ class FeedCache:
                 self._cache[key] = feed
         return feed, False
 
+    def clear(self) -> None:
+        """Drop every rendered feed (as the byte bound does, one by one, under pressure)."""
+        with self._lock:
+            self._cache.clear()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._cache)

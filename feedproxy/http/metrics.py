@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import logging
 import os
 import threading
 import time
@@ -32,12 +31,13 @@ from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, 
 
 bp = Blueprint("metrics", __name__)
 
+# The latency histogram's bucket bounds; PendingCounts fills the same buckets in bulk.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 REQUESTS = Counter("feedproxy_http_requests", "HTTP requests answered, by route and status.", ["route", "status"])
 LATENCY = Histogram(
     "feedproxy_http_request_duration_seconds", "Time to answer a request, by route.", ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=LATENCY_BUCKETS,
 )
-# (PendingCounts below fills this histogram's buckets in bulk; keep its bounds equal to these.)
 FEED_CACHE = Counter("feedproxy_feed_cache", "Rendered-feed cache lookups, by result.", ["result"])
 UPSTREAM = Counter("feedproxy_upstream_requests", "Upstream page requests, by outcome.", ["outcome"])
 SNAPSHOT_AGE = Gauge("feedproxy_snapshot_age_seconds", "Seconds since the last successful refresh.",
@@ -168,7 +168,6 @@ class PendingCounts:
             self.flush()
 
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PENDING = PendingCounts()
 
 

@@ -11,7 +11,6 @@ module, where ``Flask(__name__)`` in create_app finds them (/static/...).
 from __future__ import annotations
 
 import json
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -39,7 +38,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-_NAMED_PARAMETER = re.compile(r"^parameter '(\w+)'")
 SYNTAX_EXAMPLES = (
     ("pretraining -survey", "every word must match (AND is the default); -word or NOT word excludes"),
     ("pre-training", 'a hyphenated word is one term: finds "pre-training", "pretraining", "pretrained"'),
@@ -85,8 +83,7 @@ def build_preview(args: MultiDict) -> Preview:
         params = parse_request_args(args)
         sources = sources_for(params)
     except BadParameter as exc:
-        named = _NAMED_PARAMETER.match(str(exc))
-        control = named.group(1) if named and named.group(1) in CONTROLS else "q"
+        control = exc.parameter if exc.parameter in CONTROLS else "q"
         return Preview(error=str(exc), error_status=exc.status, error_control=control)
     pairs = params.url_params()
     # /opml needs a q even for "every paper", so the empty query is written q= there.

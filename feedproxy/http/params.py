@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.errors import BadParameter, QueryError, UnknownSource
+from feedproxy.numbers import parse_whole_number
 from feedproxy.search.index import SORTS
 from feedproxy.search.query import Query, parse_query
 from feedproxy.upstream.feeds import ANNOUNCE_TYPES
@@ -100,13 +101,10 @@ def _whole_number(args: MultiDict, name: str, default: int | None, low: int, hig
     raw = _single(args, name)
     if raw is None or raw.strip() == "":
         return default
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise BadParameter(f"parameter {name!r} must be a whole number from {low} to {high}, got {raw[:40]!r}", name)
-    value = int(text)
-    if not low <= value <= high:
-        raise BadParameter(f"parameter {name!r} must be from {low} to {high}, got {value}", name)
-    return value
+    try:
+        return parse_whole_number(raw, low, high)
+    except ValueError as exc:
+        raise BadParameter(f"parameter {name!r} {exc}", name) from None
 
 
 def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
@@ -140,15 +138,15 @@ def parse_feed_request(
         unknown = [s for s in sources if s not in known]
         if unknown:
             raise UnknownSource(f"unknown source {unknown[0][:40]!r}; known sources: {', '.join(known)}")
+    url = (_single(args, "url") or "").strip() or None
+    if url is not None and sources:
+        raise BadParameter("give either 'url' or 'source', not both", "url")
     if sources == (default_source,):
         sources = ()  # the default spelled out is the same feed
     announce = _names(args, "announce")
     bad = [a for a in announce if a not in ANNOUNCE_TYPES]
     if bad:
         raise BadParameter(f"parameter 'announce' must list {', '.join(ANNOUNCE_TYPES)}, got {bad[0][:40]!r}", "announce")
-    url = (_single(args, "url") or "").strip() or None
-    if url is not None and sources:
-        raise BadParameter("give either 'url' or 'source', not both", "url")
     return FeedRequest(
         query=query,
         limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),

@@ -116,7 +116,7 @@ def feed() -> Response:
         return plain(f"no papers yet: {exc.reason}", 503, {"Retry-After": str(exc.retry_after)})
     except BadParameter as exc:
         return plain(str(exc), exc.status)
-    scope = ",".join(source.name for source, _ in current)
+    scope = ",".join(source.key for source, _ in current)
     version = "+".join(snapshot.version for _, snapshot in current)
     # The feed's own URL (rel=self, id) is made of the parameters and the host it was asked at.
     rendered, cached = _feed_cache().get_or_render(

@@ -39,7 +39,7 @@ CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """A hash of the code whose classes an index pickle holds: a code change invalidates old pickles.
 
     The files are read, not imported: the search stage comes after this one.
@@ -51,7 +51,7 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-CODE_FINGERPRINT = _code_fingerprint()
+CODE_FINGERPRINT = code_fingerprint()
 
 
 @dataclass(frozen=True)

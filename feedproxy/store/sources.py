@@ -25,6 +25,12 @@ class Source:
     url: str
     title: str
     store: SnapshotStore
+    adhoc: bool = False  # a url= feed a user named, not one the operator configured
+
+    @property
+    def key(self) -> str:
+        """What tells this source's data apart in caches: its name, or its URL for url= feeds (all "url")."""
+        return f"url {self.url}" if self.adhoc else self.name
 
     def carries_announce_types(self) -> bool | None:
         """Whether this source's papers carry arXiv announce types; None while it holds none to tell by.

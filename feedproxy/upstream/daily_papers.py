@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from feedproxy.errors import UpstreamBadData, UpstreamUnreachable
+from feedproxy.errors import InvalidItem, UpstreamBadData, UpstreamUnreachable
 from feedproxy.upstream.http import NO_VALIDATORS, HttpFetcher, Validators
-from feedproxy.upstream.papers import InvalidItem, Paper, paper_from_item
+from feedproxy.upstream.papers import Paper, paper_from_item
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import feedparser
 from feedparser.encodings import convert_to_utf8
 
-from feedproxy.errors import UpstreamBadData
+from feedproxy.errors import InvalidItem, UpstreamBadData
 from feedproxy.upstream.http import NO_VALIDATORS, HttpFetcher, Validators
-from feedproxy.upstream.papers import ARXIV_ABS_URL, InvalidItem, Paper, clean_text, is_arxiv_id
+from feedproxy.upstream.papers import ARXIV_ABS_URL, Paper, clean_text, is_arxiv_id
 from feedproxy.upstream.daily_papers import Page
 
 log = logging.getLogger(__name__)

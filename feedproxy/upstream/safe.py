@@ -38,7 +38,7 @@ from typing import Callable, Iterable
 
 import httpx
 
-from feedproxy.errors import FetchRefused, UpstreamError, UrlNotAllowed
+from feedproxy.errors import FetchRefused, UrlNotAllowed
 from feedproxy.upstream.http import FEED_ACCEPT, NO_VALIDATORS, Fetched, HttpFetcher, Validators
 
 Resolver = Callable[[str, int], list[str]]
