@@ -14,6 +14,8 @@
       StorageError           the data folder could not be read or written
       RefresherError         a refresher child did not finish (crashed, killed, timed out)
         RefresherStopped       it was stopped by SIGINT or SIGTERM (the service is stopping)
+      ConceptsUnavailable    concept search cannot run: the model did not load (keyword search still works)
+        ModelMismatch          saved embeddings were made by another model: rebuild them
       QueryError             the q parameter is not a valid query (carries the position)
       BadParameter           a request parameter is invalid (carries its name and the HTTP status, 400)
         UnknownSource          source= names a source this server lacks (404)
@@ -78,6 +80,14 @@ class RefresherError(FeedproxyError):
 
 class RefresherStopped(RefresherError):
     """The child was stopped by SIGINT or SIGTERM, as when the service stops: no failure of the upstream."""
+
+
+class ConceptsUnavailable(FeedproxyError):
+    """Concept search cannot run here: wordllama or its model files are missing or broken."""
+
+
+class ModelMismatch(ConceptsUnavailable):
+    """Saved embeddings were made by a different model (or wordllama version): rebuild them."""
 
 
 class QueryError(FeedproxyError):

@@ -18,20 +18,20 @@ from flask import Blueprint, Response, current_app, render_template, request, ur
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
-from feedproxy.errors import BadParameter, NoData, QueryError
+from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, QueryError
 from feedproxy.http.params import FeedRequest, encode_params
 from feedproxy.search.index import SORTS
-from feedproxy.search.query import EMPTY_QUERY, parse_query
+from feedproxy.search.query import EMPTY_QUERY, MATCHES, highlight, parse_query
 from feedproxy.render.formats import FORMATS
 from feedproxy.store.sources import current_snapshots
-from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for
+from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for, why_matched
 
 bp = Blueprint("page", __name__)
 
 MAX_OPML_QUERIES = 50
 DEFAULTS = FeedRequest(query=EMPTY_QUERY)
-CONTROLS = ("q", "min_upvotes", "days", "sort", "format", "limit")  # the form's visible controls
-PASSED_ON = ("source", "announce", "url")  # /feed parameters the form keeps in hidden fields
+CONTROLS = ("q", "match", "min_upvotes", "days", "sort", "format", "limit")  # the form's visible controls
+PASSED_ON = ("similar", "source", "announce", "url")  # /feed parameters the form keeps in hidden fields
 # Scripts, styles and requests only from this service: no CDN, font or inline script can run,
 # so even a markup injection that slipped past escaping could not execute.
 CONTENT_SECURITY_POLICY = (
@@ -45,7 +45,18 @@ SYNTAX_EXAMPLES = (
     ("video (diffusion | flow)", "parentheses group: video AND (diffusion OR flow)"),
     ('"language model"', "a phrase: the words next to each other, in this order"),
     ('title:agent author:"g hinton"', "a word or phrase in one field: title:, abstract:, author:, keyword:"),
+    ('~"tool use" -survey', "a concept: papers near that meaning, even in other words; mixes with the rest"),
 )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One paper as the preview shows it: its title with the searched words marked, and why it is there."""
+
+    paper: Paper
+    title: tuple[tuple[str, bool], ...]
+    why: str
+    similar_url: str
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class Preview:
 
     feed_url: str | None = None
     opml_url: str | None = None
-    papers: tuple[Paper, ...] = ()
+    rows: tuple[Row, ...] = ()
     error: str | None = None  # the message /feed answers for these parameters
     error_status: int = 400
     error_control: str = "q"  # the form control the message is about
@@ -77,6 +88,11 @@ def _window_days() -> int:
     return current_app.extensions["feedproxy.store"].window.days
 
 
+def prepared_query(params: FeedRequest):
+    """The words to mark in titles: the query's own (a concept query's words are not searched as words)."""
+    return params.query if params.match != "concept" else EMPTY_QUERY
+
+
 def build_preview(args: MultiDict) -> Preview:
     """Validate ``args`` exactly as /feed does and find the papers it would list."""
     try:
@@ -90,9 +106,19 @@ def build_preview(args: MultiDict) -> Preview:
     opml_pairs = pairs if pairs and pairs[0][0] == "q" else [("q", ""), *pairs]
     found = dict(feed_url=_absolute("feed", pairs), opml_url=_absolute("opml", opml_pairs))
     try:
-        return Preview(**found, papers=tuple(find_papers(params, current_snapshots(sources))))
+        current = current_snapshots(sources)
+        papers = find_papers(params, current)
+        why = why_matched(params, [snapshot for _, snapshot in current], papers)
+        marks = prepared_query(params)
+        rows = tuple(Row(p, tuple(highlight(p.title, marks)), why.get(p.id, ""), url_for("page.index", similar=p.id))
+                     for p in papers)
+        return Preview(**found, rows=rows)
     except NoData as exc:
         return Preview(**found, no_data=exc)
+    except BadParameter as exc:  # similar= names a paper no source holds
+        return Preview(error=str(exc), error_status=exc.status, error_control=exc.parameter or "q")
+    except ConceptsUnavailable as exc:
+        return Preview(**found, no_data=NoData(f"{exc}; keyword queries still work", 60))
 
 
 @bp.get("/")
@@ -106,6 +132,7 @@ def index() -> Response:
         passed_on=[(k, v) for k, v in request.args.items(multi=True) if k in PASSED_ON],
         window_days=_window_days(),
         sorts=SORTS,
+        matches=MATCHES,
         formats=tuple(FORMATS),
         defaults=DEFAULTS,
         examples=example_links(request.args),
@@ -127,9 +154,9 @@ def preview_json() -> Response:
                 "opml_url": preview.opml_url}
         return _json(body, 503, {"Retry-After": str(preview.no_data.retry_after)})
     papers = [
-        {"id": p.id, "title": p.title, "url": p.url, "published": iso_z(p.published),
-         "upvotes": p.upvotes}
-        for p in preview.papers
+        {"id": row.paper.id, "title": row.paper.title, "url": row.paper.url, "published": iso_z(row.paper.published),
+         "upvotes": row.paper.upvotes, "title_parts": row.title, "why": row.why, "similar_url": row.similar_url}
+        for row in preview.rows
     ]
     return _json({"feed_url": preview.feed_url, "opml_url": preview.opml_url, "papers": papers,
                   "count": len(papers)}, 200)

@@ -16,7 +16,7 @@ from werkzeug.datastructures import MultiDict
 from feedproxy.errors import BadParameter, QueryError, UnknownSource
 from feedproxy.numbers import parse_whole_number
 from feedproxy.search.index import SORTS
-from feedproxy.search.query import Query, parse_query
+from feedproxy.search.query import MATCHES, Query, parse_query
 from feedproxy.upstream.feeds import ANNOUNCE_TYPES
 from feedproxy.render.formats import FORMATS
 
@@ -24,6 +24,7 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 MAX_SOURCES = 10
 MAX_TITLE_QUERY = 200  # characters of the query shown in a feed's title
+MAX_SIMILAR_ID = 200
 # Left as they are in feed URLs, for readability (source lists, url= values); every other character
 # outside RFC 3986's unreserved set is percent-encoded, a space as %20.
 URL_SAFE = ":/,"
@@ -48,6 +49,8 @@ class FeedRequest:
     announce: tuple[str, ...] = ()  # arXiv announce types to keep; empty: all
     url: str | None = None  # a user-supplied feed URL (only when the operator allows it)
     query_text: str = ""  # what the user typed, whitespace folded (empty when the query is)
+    match: str = MATCHES[0]  # keyword, concept or hybrid: how the words of q are matched
+    similar: str | None = None  # a paper's id: the papers nearest to it in meaning
 
     def url_params(self) -> list[tuple[str, str]]:
         """Every parameter that shapes the feed, in one fixed order, defaults left out, q as typed.
@@ -56,6 +59,10 @@ class FeedRequest:
         use it, so a reader sees one URL for one feed whatever order the request gave.
         """
         params = [("q", self.query_text)] if self.query_text else []
+        if self.match != MATCHES[0]:
+            params.append(("match", self.match))
+        if self.similar:
+            params.append(("similar", self.similar))
         if self.min_upvotes:
             params.append(("min_upvotes", str(self.min_upvotes)))
         if self.days is not None:
@@ -81,6 +88,10 @@ class FeedRequest:
     def title(self, source_title: str = "Daily Papers") -> str:
         shown = self.query_text if len(self.query_text) <= MAX_TITLE_QUERY else self.query_text[:MAX_TITLE_QUERY] + "…"
         parts = [f"{source_title}: {shown}" if shown else source_title]
+        if self.similar:
+            parts.append(f"similar to {self.similar}")
+        if self.match != MATCHES[0]:
+            parts.append(f"{self.match} match")
         if self.min_upvotes:
             parts.append(f"{self.min_upvotes}+ upvotes")
         if self.days is not None:
@@ -147,15 +158,21 @@ def parse_feed_request(
     bad = [a for a in announce if a not in ANNOUNCE_TYPES]
     if bad:
         raise BadParameter(f"parameter 'announce' must list {', '.join(ANNOUNCE_TYPES)}, got {bad[0][:40]!r}", "announce")
+    similar = (_single(args, "similar") or "").strip() or None
+    if similar is not None and (len(similar) > MAX_SIMILAR_ID or not similar.isprintable()):
+        raise BadParameter(f"parameter 'similar' must be a paper id such as 2608.12345, got {similar[:40]!r}", "similar")
     return FeedRequest(
         query=query,
         limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         min_upvotes=_whole_number(args, "min_upvotes", 0, 0, 10**9 - 1),
         days=_whole_number(args, "days", None, 1, window_days),
-        sort=_choice(args, "sort", SORTS),
+        # A feed of papers like one paper lists the nearest first, unless a sort is asked for.
+        sort=_choice(args, "sort", SORTS if similar is None or _single(args, "sort") else ("relevance",)),
         format=_choice(args, "format", tuple(FORMATS)),
         sources=sources,
         announce=tuple(a for a in ANNOUNCE_TYPES if a in announce),
         url=url,
         query_text=" ".join((raw_q or "").split()) if not query.is_empty else "",
+        match=_choice(args, "match", MATCHES),
+        similar=similar,
     )

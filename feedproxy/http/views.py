@@ -18,12 +18,12 @@ from cachetools import LRUCache
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from feedproxy.errors import BadParameter, NoData, UrlNotAllowed
+from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, UrlNotAllowed
 from feedproxy.http.conditional import feed_answer, max_age
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
 from feedproxy.http.params import FeedRequest, parse_feed_request
 from feedproxy.render.formats import FORMATS, FeedInfo
-from feedproxy.search.merged import search_snapshots
+from feedproxy.search.merged import explain_matches, prepared, search_snapshots
 from feedproxy.store.snapshot import Snapshot, SnapshotStore
 from feedproxy.store.sources import Source, SourceRegistry, current_snapshots
 from feedproxy.upstream.papers import Paper, iso_z
@@ -119,9 +119,14 @@ def feed() -> Response:
     scope = ",".join(source.key for source, _ in current)
     version = "+".join(snapshot.version for _, snapshot in current)
     # The feed's own URL (rel=self, id) is made of the parameters and the host it was asked at.
-    rendered, cached = _feed_cache().get_or_render(
-        scope, version, (params, request.host_url), lambda: render_feed(params, current)
-    )
+    try:
+        rendered, cached = _feed_cache().get_or_render(
+            scope, version, (params, request.host_url), lambda: render_feed(params, current)
+        )
+    except BadParameter as exc:  # similar= names a paper none of the sources holds
+        return plain(str(exc), exc.status)
+    except ConceptsUnavailable as exc:
+        return concepts_unavailable(exc, current)
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
     stores = tuple(source.store for source, _ in current)
     if params.url is None:
@@ -131,6 +136,12 @@ def feed() -> Response:
             request.environ, stores, version, rendered, request.args.get("q", ""))
     status, headers, body = feed_answer(rendered, max_age(stores), request.environ)
     return Response(body, status=status, headers=headers)
+
+
+def concepts_unavailable(exc: ConceptsUnavailable, current: list[tuple[Source, Snapshot]]) -> Response:
+    """503 for a concept query when the model could not load: keyword feeds keep working meanwhile."""
+    retry = max(60, min(source.store.seconds_until_refresh() for source, _ in current))
+    return plain(f"{exc}; keyword queries still work (drop the ~ and match=)", 503, {"Retry-After": str(retry)})
 
 
 def sources_for(params: FeedRequest) -> list[Source]:
@@ -179,7 +190,7 @@ def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     return search_snapshots(
         [snapshot for _, snapshot in current], params.query, now=current[0][0].store.clock(),
         min_upvotes=params.min_upvotes, days=params.days, sort=params.sort, limit=params.limit,
-        announce=params.announce,
+        announce=params.announce, match=params.match, similar=params.similar,
     )
 
 
@@ -187,6 +198,12 @@ def feed_url(params: FeedRequest) -> str:
     """The feed's canonical URL at the host it is asked at (the public one behind a proxy)."""
     query_string = params.query_string()
     return request.host_url + "feed" + ("?" + query_string if query_string else "")
+
+
+def why_matched(params: FeedRequest, snapshots: list[Snapshot], papers: list[Paper]) -> dict[str, str]:
+    """Why each paper is in the feed, by id (shared with the web page's preview)."""
+    searched = prepared(snapshots, params.query, params.match, params.similar)
+    return explain_matches(snapshots, searched, papers, params.similar)
 
 
 def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> RenderedFeed:
@@ -206,6 +223,8 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
         subtitle=f"{', '.join(source.title for source, _ in current)}, filtered by feedproxy",
         alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"
         else "https://huggingface.co/papers",
+        why=why_matched(params, snapshots, papers),
+        base_url=request.host_url,
     )
     fmt = FORMATS[params.format]
     # Last-Modified is when the data was last seen to change, not the newest entry's date: a paper
@@ -272,6 +291,9 @@ def health_report(store: SnapshotStore) -> dict:
         "source": store.source.description,
         "storage_error": store.storage_error,
         "saved_snapshot_ignored": store.saved_snapshot_ignored,
+        # "ok", or why concept queries (~word, match=, similar=) answer 503; null while there is no data.
+        "concept_search": None if snapshot is None else (
+            "ok" if snapshot.index.concepts is not None else f"unavailable: {snapshot.index.concepts_error}"),
     }
 
 

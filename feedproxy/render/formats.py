@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote, urlencode
 
 from cachetools import LRUCache
 from feedgen.entry import FeedEntry
@@ -36,6 +37,12 @@ RSS_NAMESPACES = {
 }
 
 
+# Where the per-feed parts of an entry go in its cached rendering: why the paper is in this feed, and
+# a link to papers like it on this server. Each entry is rendered once per paper; a feed fills these in.
+WHY_SLOT = "{{feedproxy:why}}"
+MORE_SLOT = "{{feedproxy:more}}"
+
+
 @dataclass(frozen=True)
 class FeedInfo:
     """What a feed says about itself, independent of the format."""
@@ -46,10 +53,15 @@ class FeedInfo:
     updated: datetime
     subtitle: str = "Hugging Face Daily Papers, filtered by feedproxy"
     alternate_url: str = HF_PAPERS_PAGE
+    # Why each paper matched, by paper id (the query terms found, or the concept it is near).
+    why: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # This server's base URL ("https://host/"): each entry links to /feed?similar=<its id> there.
+    base_url: str = ""
 
 
 def _text(value: str) -> str:
-    return strip_xml_forbidden(value)
+    # Upstream text never carries a slot marker: only the entry's own slots are filled.
+    return strip_xml_forbidden(value).replace(WHY_SLOT, "").replace(MORE_SLOT, "")
 
 
 def _plural(n: int, word: str) -> str:
@@ -63,7 +75,7 @@ def entry_html(paper: Paper) -> str:
     entry keeps one alternate link and every other link lives here.
     """
     e = lambda s: escape(_text(s), quote=True)  # noqa: E731
-    parts = []
+    parts = [WHY_SLOT]
     if paper.thumbnail:
         parts.append(f'<p><img src="{e(paper.thumbnail)}" alt="" loading="lazy"></p>')
     if paper.ai_summary:
@@ -86,7 +98,35 @@ def entry_html(paper: Paper) -> str:
     parts.append("<p>" + " · ".join(f'<a href="{e(href)}">{label}</a>' for href, label in links) + "</p>")
     if paper.ai_keywords:
         parts.append(f"<p><strong>Keywords:</strong> {e(', '.join(paper.ai_keywords))}</p>")
+    parts.append(MORE_SLOT)
     return "\n".join(parts)
+
+
+def fill_slots(html: str, paper: Paper, info: FeedInfo) -> str:
+    """entry_html's slots filled for one feed (the web page's preview uses the same words)."""
+    return html.replace(WHY_SLOT, _why_html(paper, info), 1).replace(MORE_SLOT, _more_html(paper, info), 1)
+
+
+def _why_html(paper: Paper, info: FeedInfo) -> str:
+    why = info.why.get(paper.id)
+    return f"<p><strong>Why it is here:</strong> {escape(_text(why), quote=False)}</p>" if why else ""
+
+
+def _more_html(paper: Paper, info: FeedInfo) -> str:
+    if not info.base_url:
+        return ""
+    href = info.base_url + "feed?" + urlencode({"similar": paper.id}, quote_via=quote)
+    return f'<p><a href="{escape(href, quote=True)}">More like this</a></p>'
+
+
+def _filled(fmt: str, entry: bytes, paper: Paper, info: FeedInfo) -> bytes:
+    """A cached entry's slots filled for this feed, escaped as the format escapes the content."""
+    why, more = _why_html(paper, info), _more_html(paper, info)
+    if fmt == "json":
+        encode = lambda html: json.dumps(html, ensure_ascii=False)[1:-1]  # noqa: E731
+    else:
+        encode = lambda html: escape(html, quote=False)  # noqa: E731 - as lxml escapes element text
+    return entry.replace(WHY_SLOT.encode(), encode(why).encode(), 1).replace(MORE_SLOT.encode(), encode(more).encode(), 1)
 
 
 def _feed_generator(info: FeedInfo) -> FeedGenerator:
@@ -152,11 +192,11 @@ class EntryCache:
         return found
 
 
-def _entries(fmt: str, papers: Sequence[Paper], render: Callable[[Paper], bytes], cache: EntryCache | None):
-    """Each paper's rendered entry: from the cache when one is given (the same bytes either way)."""
-    if cache is None:
-        return [render(p) for p in papers]
-    return [cache.get(fmt, p, render) for p in papers]
+def _entries(fmt: str, papers: Sequence[Paper], render: Callable[[Paper], bytes], cache: EntryCache | None,
+             info: FeedInfo) -> list[bytes]:
+    """Each paper's rendered entry, its slots filled: from the cache when one is given (the same bytes either way)."""
+    rendered = [render(p) for p in papers] if cache is None else [cache.get(fmt, p, render) for p in papers]
+    return [_filled(fmt, entry, paper, info) for entry, paper in zip(rendered, papers)]
 
 
 def _atom_entry(paper: Paper) -> bytes:
@@ -187,7 +227,7 @@ def render_atom(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | N
     """Return an Atom 1.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
     fg.link(href=info.self_url, rel="self", type="application/atom+xml")
-    return _splice(fg.atom_str(pretty=False), b"</feed>", _entries("atom", papers, _atom_entry, entries))
+    return _splice(fg.atom_str(pretty=False), b"</feed>", _entries("atom", papers, _atom_entry, entries, info))
 
 
 def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | None = None) -> bytes:
@@ -200,7 +240,7 @@ def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | No
     for prefix, uri in RSS_NAMESPACES.items():
         if f'xmlns:{prefix}="{uri}"'.encode() not in root:  # the items use the prefix undeclared
             raise ValueError(f"feedgen's <rss> does not declare xmlns:{prefix}={uri!r}")
-    return _splice(head, b"</channel></rss>", _entries("rss", papers, _rss_item, entries))
+    return _splice(head, b"</channel></rss>", _entries("rss", papers, _rss_item, entries, info))
 
 
 def _json_item(paper: Paper) -> bytes:
@@ -239,7 +279,7 @@ def render_json(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | N
     }
     head = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     # "items" is the last key: open its list again and fill it with the cached items.
-    return _splice(head, b"]}", [b",".join(_entries("json", papers, _json_item, entries))])
+    return _splice(head, b"]}", [b",".join(_entries("json", papers, _json_item, entries, info))])
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
+from feedproxy.errors import ConceptsUnavailable
+from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, ConceptIndex, reciprocal_rank_fusion
+from feedproxy.search.query import (
+    And, Concept, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
+)
 from feedproxy.upstream.papers import Paper, newest_first
-from feedproxy.search.query import And, Node, Not, Or, Phrase, Query, Term, TextAnalyser, positive_leaves
 
 SORTS = ("date", "upvotes", "relevance")
 
@@ -50,13 +56,24 @@ _LAST_STEM_CODE = 0x88000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _BIT_DIGITS = bytes.maketrans(b"\0\1", b"01")
+_CONCEPT_CACHE_SIZE = 64  # concepts' scores kept per index (9,877 floats each: 40 kB)
 
 
 class PaperIndex:
     """The papers of one snapshot, newest first, with everything a search needs."""
 
-    def __init__(self, papers: Iterable[Paper]) -> None:
+    def __init__(self, papers: Iterable[Paper], *, concepts: bool = True) -> None:
         self.papers: tuple[Paper, ...] = tuple(newest_first(papers))
+        # The concept index (embeddings, search.concepts), or why there is none: keyword search
+        # works either way; concept queries raise ConceptsUnavailable with this reason.
+        self.concepts: ConceptIndex | None = None
+        self.concepts_error: str | None = "concept search is off for this index"
+        if concepts:
+            try:
+                self.concepts = ConceptIndex.build([concept_text(p) for p in self.papers])
+                self.concepts_error = None
+            except ConceptsUnavailable as exc:
+                self.concepts_error = str(exc)
         self._index_text()
         self._index_filters()
 
@@ -182,8 +199,56 @@ class PaperIndex:
         elif sort == "upvotes":
             found = self._most_upvoted(search.matches(query.root), limit)
         else:
-            found = self._most_relevant(query.root, search.matches(query.root), limit)
+            found = self._most_relevant(query.root, search.matches(query.root), limit, search)
         return [self.papers[n] for n in found]
+
+    def number_of(self, paper_id: str) -> int | None:
+        """The number of the paper with this id in this index, or None."""
+        numbers = self.__dict__.get("_numbers")
+        if numbers is None:
+            numbers = self.__dict__["_numbers"] = {p.id: n for n, p in enumerate(self.papers)}
+        return numbers.get(paper_id)
+
+    def fields_matched(self, root: Node, paper_id: str) -> list[tuple[Term | Phrase, list[str]]]:
+        """For each word or phrase searched for, the fields of paper ``paper_id`` that hold it."""
+        number = self.number_of(paper_id)
+        found = []
+        for leaf in positive_leaves(root):
+            fields = [leaf.field] if leaf.field else list(_LAYOUT)
+            if isinstance(leaf, Term):
+                held = [f for f in fields if self._fields[f].bits(leaf.stem) >> number & 1]
+            else:
+                variants = self.phrase_variants(leaf.stems)
+                held = [f for f in fields if variants and self.has_phrase(number, variants, f)]
+            found.append((leaf, held))
+        return found
+
+    def concepts_near(self, root: Node, paper_id: str) -> list[tuple[str, float]]:
+        """For each concept searched for that paper ``paper_id`` is near: its text and how near."""
+        number = self.number_of(paper_id)
+        near = []
+        for concept in concept_leaves(root):
+            score = float(self.concept_scores(concept.text)[number])
+            if score >= (DEFAULT_MIN_ZSCORE if concept.min_score is None else concept.min_score):
+                near.append((concept.text, score))
+        return near
+
+    def concept_scores(self, text: str) -> np.ndarray:
+        """Each paper's closeness to the meaning of ``text``, in standard deviations above the mean."""
+        if self.concepts is None:
+            raise ConceptsUnavailable(f"concept search is unavailable: {self.concepts_error}")
+        cache = self.__dict__.setdefault("_concept_cache", {})
+        scores = cache.get(text)
+        if scores is None:
+            scores = self.concepts.zscores(text)
+            if len(cache) >= _CONCEPT_CACHE_SIZE:
+                cache.pop(next(iter(cache)), None)  # the oldest; a race only costs a recomputation
+            cache[text] = scores
+        return scores
+
+    def __getstate__(self) -> dict:
+        # Caches filled by queries are not part of the index.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_numbers", "_concept_cache")}
 
     def count(self, query: Query, *, min_upvotes: int = 0, since: datetime | None = None) -> int:
         """Return how many papers match ``query`` and the filters: a bit count, none of them listed or sorted."""
@@ -258,7 +323,19 @@ class PaperIndex:
         candidates = matches & self._upvote_masks[high]
         return sorted(_positions(candidates), key=lambda n: (-self._upvotes[n], n))[:limit]
 
-    def _most_relevant(self, root: Node | None, matches: int, limit: int) -> list[int]:
+    def _most_relevant(self, root: Node | None, matches: int, limit: int, search: "_Search") -> list[int]:
+        concepts = concept_leaves(root)
+        if not concepts:
+            return self._by_bm25(root, matches, limit)
+        # Keyword and concept scores are not comparable: fuse their rankings (reciprocal rank fusion).
+        numbers = list(_positions(matches))
+        rankings = [self._by_bm25(root, matches, len(numbers))] if positive_leaves(root) else []
+        for concept in concepts:
+            scores = search.concept_scores(concept)
+            rankings.append(sorted(numbers, key=lambda n: (-scores[n], n)))
+        return reciprocal_rank_fusion(rankings)[:limit]
+
+    def _by_bm25(self, root: Node | None, matches: int, limit: int) -> list[int]:
         # Column by column: str.count mapped over all matches runs in C, which
         # keeps a thousand matches near a millisecond.
         numbers = list(_positions(matches))
@@ -349,6 +426,13 @@ class _Search:
         self._bounds: dict[int, tuple[int, int]] = {}
         self._variants: dict[int, tuple[str, ...]] = {}
         self._digits: dict[int, tuple[str, str]] = {}
+        self._concept_scores: dict[str, np.ndarray] = {}
+
+    def concept_scores(self, concept: Concept) -> np.ndarray:
+        """The papers' closeness to ``concept``, computed once per search."""
+        if concept.text not in self._concept_scores:
+            self._concept_scores[concept.text] = self.index.concept_scores(concept.text)
+        return self._concept_scores[concept.text]
 
     def newest(self, root: Node | None, limit: int) -> list[int]:
         """Return the numbers of the ``limit`` newest matches, checking phrases only as needed."""
@@ -388,6 +472,10 @@ class _Search:
         if isinstance(node, Term):
             found = self.index.postings(node.stem, node.field) & self.scope
             return found, found
+        if isinstance(node, Concept):
+            cutoff = DEFAULT_MIN_ZSCORE if node.min_score is None else node.min_score
+            found = _bits_from_mask(self.concept_scores(node) >= cutoff) & self.scope
+            return found, found
         if isinstance(node, Phrase):
             self._variants[id(node)] = variants = self.index.phrase_variants(node.stems)
             if not variants:
@@ -423,6 +511,16 @@ class _Search:
             return all(self.holds(op, number) for op in node.operands)
         assert isinstance(node, Or)
         return any(self.holds(op, number) for op in node.operands)
+
+
+def concept_text(paper: Paper) -> str:
+    """What a paper's meaning is taken from: its title, abstract and AI keywords."""
+    return "\n".join([paper.title, paper.abstract, ", ".join(paper.ai_keywords)])
+
+
+def _bits_from_mask(mask: np.ndarray) -> int:
+    """A bitset of the True rows of a boolean array (bit i for row i)."""
+    return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")
 
 
 def _field_texts(paper: Paper) -> tuple[Sequence[str], ...]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from feedproxy.search.query import Query
+from feedproxy.errors import BadParameter
+from feedproxy.search.index import concept_text
+from feedproxy.search.query import And, Concept, Query
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.window import window_start
 from feedproxy.upstream.papers import Paper, recency
@@ -26,9 +28,18 @@ def search_snapshots(
     sort: str = "date",
     limit: int = 50,
     announce: Sequence[str] = (),
+    match: str = "keyword",
+    similar: str | None = None,
 ) -> list[Paper]:
-    """Search each snapshot and merge the results: deduplicated by id (first wins), sorted, limited."""
+    """Search each snapshot and merge the results: deduplicated by id (first wins), sorted, limited.
+
+    ``match`` applies keyword, concept or hybrid matching to the whole query (Query.matching);
+    ``similar`` keeps the papers near in meaning to the paper with that id (not the paper itself).
+    """
     since = _since(snapshots, now, days)
+    query = prepared(snapshots, query, match, similar)
+    if similar is not None:
+        limit += 1  # the paper itself is near itself: it is dropped below
     ranked: list[list[Paper]] = []
     for snapshot in snapshots:
         # With an announce filter the index cannot stop at `limit`: filter, then cut.
@@ -37,8 +48,11 @@ def search_snapshots(
         if announce:
             found = [p for p in found if p.announce_type in announce][:limit]
         ranked.append(found)
+    if similar is not None:
+        ranked = [[p for p in found if p.id != similar] for found in ranked]
+        limit -= 1
     if len(ranked) == 1:
-        return ranked[0]
+        return ranked[0][:limit]
     seen: set[str] = set()
     merged: list[Paper] = []
     if sort == "relevance":
@@ -55,6 +69,66 @@ def search_snapshots(
     elif sort == "upvotes":
         merged.sort(key=lambda p: (p.upvotes, *recency(p)), reverse=True)
     return merged[:limit]
+
+
+# A similar= feed lists the papers nearest to one paper: the closest sixth or so of the window
+# qualifies (a concept query takes the closest 2-3 %), then sort=relevance puts the nearest first.
+SIMILAR_MIN_ZSCORE = 1.0
+
+
+def prepared(snapshots: Sequence[Snapshot], query: Query, match: str = "keyword", similar: str | None = None) -> Query:
+    """The query as searched: ``match`` applied, and narrowed to the papers near paper ``similar`` in meaning.
+
+    BadParameter when no snapshot holds the paper ``similar`` names.
+    """
+    query = query.matching(match)
+    if similar is None:
+        return query
+    paper = _paper(snapshots, similar)
+    if paper is None:
+        raise BadParameter(f"parameter 'similar': no paper {similar[:60]!r} in this feed's window; "
+                           "give the id of a paper the feed lists (e.g. from its link)", "similar")
+    near = Concept(concept_text(paper), min_score=SIMILAR_MIN_ZSCORE)
+    return Query(query.normalised, near if query.root is None else And((near, query.root)))
+
+
+def _paper(snapshots: Sequence[Snapshot], paper_id: str) -> Paper | None:
+    for snapshot in snapshots:
+        number = snapshot.index.number_of(paper_id)
+        if number is not None:
+            return snapshot.papers[number]
+    return None
+
+
+def explain_matches(snapshots: Sequence[Snapshot], query: Query, papers: Sequence[Paper],
+                    similar: str | None = None) -> dict[str, str]:
+    """Why each of ``papers`` matched the (prepared) query, in words, by paper id.
+
+    The words searched for that the paper holds and where ("pretraining" in title, abstract), and
+    the concepts it is near, with how near (standard deviations above the window's mean).
+    """
+    if query.root is None:
+        return {}
+    similar_text = concept_text(_paper(snapshots, similar)) if similar else None
+    why: dict[str, str] = {}
+    for paper in papers:
+        snapshot = next((s for s in snapshots if s.index.number_of(paper.id) is not None), None)
+        if snapshot is None:
+            continue
+        parts = [f"{_shown(leaf)} in {', '.join(fields)}"
+                 for leaf, fields in snapshot.index.fields_matched(query.root, paper.id) if fields]
+        for text, score in snapshot.index.concepts_near(query.root, paper.id):
+            label = f"paper {similar}" if text == similar_text else f'~"{text}"'
+            parts.append(f"near {label} in meaning ({score:.1f} σ)")
+        if parts:
+            why[paper.id] = "; ".join(parts)
+    return why
+
+
+def _shown(leaf) -> str:
+    words = leaf.words or leaf.stems if hasattr(leaf, "words") else (leaf.word or leaf.stem,)
+    return '"' + " ".join(words) + '"'
+
 
 
 def count_matches(

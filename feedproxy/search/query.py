@@ -7,6 +7,7 @@ The language, by example::
     video (diffusion | flow)       parentheses group
     "language model"               words adjacent and in order
     title:agent author:"g hinton"  restrict a word or a quoted phrase to one field
+    ~pretraining ~"tool use"       a concept: papers near that meaning (search.concepts)
 
 Precedence, tightest first: NOT and -, then OR, then AND (writing terms side by
 side, or an upper-case AND between them). As in web search, ``video diffusion OR
@@ -319,6 +320,16 @@ class Phrase:
 
 
 @dataclass(frozen=True)
+class Concept:
+    """Papers near the meaning of ``text`` (``~word`` or ``~"a phrase"``), found by embeddings, not words."""
+
+    text: str
+    # How near a paper must be, in standard deviations above the window's mean; None: the default
+    # cut-off (search.concepts). A similar= feed asks for a wider circle, ranked nearest first.
+    min_score: float | None = None
+
+
+@dataclass(frozen=True)
 class And:
     """Every operand matches."""
 
@@ -339,7 +350,8 @@ class Not:
     operand: Node
 
 
-Node = Union[Term, Phrase, And, Or, Not]
+Node = Union[Term, Phrase, Concept, And, Or, Not]
+MATCHES = ("keyword", "concept", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -360,6 +372,48 @@ class Query:
     def __str__(self) -> str:
         return self.normalised
 
+    def matching(self, match: str) -> Query:
+        """This query with ``match`` applied to all of it.
+
+        keyword: as written. concept: each word or phrase searched for (not excluded) becomes a
+        concept. hybrid: papers matching either way. Exclusions stay keyword exclusions.
+        """
+        if match not in MATCHES:
+            raise ValueError(f"match must be one of {', '.join(MATCHES)}, not {match!r}")
+        if match == "keyword" or self.root is None:
+            return self
+        concepts = _as_concepts(self.root)
+        return Query(self.normalised, concepts if match == "concept" else _any_of([self.root, concepts]))
+
+
+def _words_of(leaf: Term | Phrase) -> str:
+    return leaf.word or leaf.stem if isinstance(leaf, Term) else " ".join(leaf.words or leaf.stems)
+
+
+def _as_concepts(node: Node) -> Node:
+    """Words searched for side by side become one concept ("video diffusion" is ~"video diffusion");
+    alternatives stay alternatives, and exclusions stay keyword exclusions."""
+    if isinstance(node, (Term, Phrase)):
+        return Concept(_words_of(node))
+    if isinstance(node, (Concept, Not)):
+        return node
+    if isinstance(node, Or):
+        return Or(tuple(_as_concepts(op) for op in node.operands))
+    words = [_words_of(op) for op in node.operands if isinstance(op, (Term, Phrase))]
+    others = [_as_concepts(op) for op in node.operands if not isinstance(op, (Term, Phrase))]
+    return _all_of(([Concept(" ".join(words))] if words else []) + others)
+
+
+def concept_leaves(node: Node | None) -> list[Concept]:
+    """Return the concepts a match is ranked by: those not under a NOT."""
+    if node is None or isinstance(node, Not):
+        return []
+    if isinstance(node, Concept):
+        return [node]
+    if isinstance(node, (Term, Phrase)):
+        return []
+    return list(dict.fromkeys(leaf for op in node.operands for leaf in concept_leaves(op)))
+
 
 def _leaf_stems(leaf: Term | Phrase) -> tuple[str, ...]:
     return (leaf.stem,) if isinstance(leaf, Term) else leaf.stems
@@ -367,7 +421,7 @@ def _leaf_stems(leaf: Term | Phrase) -> tuple[str, ...]:
 
 def positive_leaves(node: Node | None) -> list[Term | Phrase]:
     """Return the terms and phrases a match is scored on: those not under a NOT."""
-    if node is None or isinstance(node, Not):
+    if node is None or isinstance(node, (Not, Concept)):
         return []
     if isinstance(node, (Term, Phrase)):
         return [node]
@@ -375,6 +429,30 @@ def positive_leaves(node: Node | None) -> list[Term | Phrase]:
 
 
 EMPTY_QUERY = Query("")
+
+_HIGHLIGHTED_WORD = re.compile(r"\w[\w'’-]*")
+
+
+def highlight(text: str, query: Query) -> list[tuple[str, bool]]:
+    """Split ``text`` into (part, is_a_searched_word) pieces: where the query's words appear in it.
+
+    A word counts when its stem (or a hyphenated compound's joined stem) is one the query searches
+    for, so "Pre-Training" is marked for the query "pretraining".
+    """
+    wanted = set(query.terms())
+    if not wanted:
+        return [(text, False)] if text else []
+    pieces: list[tuple[str, bool]] = []
+    end = 0
+    for found in _HIGHLIGHTED_WORD.finditer(text):
+        if any(stem in wanted for _, stem in query_words(found.group())):
+            if found.start() > end:
+                pieces.append((text[end : found.start()], False))
+            pieces.append((found.group(), True))
+            end = found.end()
+    if end < len(text):
+        pieces.append((text[end:], False))
+    return pieces
 
 
 def parse_query(text: str | None) -> Query:
@@ -403,7 +481,7 @@ _FIELD_LIST = ", ".join(f"{name}:" for name in FIELDS)
 
 
 class _Token(NamedTuple):
-    kind: str  # "(", ")", "OR", "AND", "NOT", "WORD", "PHRASE", "END"
+    kind: str  # "(", ")", "OR", "AND", "NOT", "WORD", "PHRASE", "CONCEPT", "END"
     pos: int
     text: str = ""
     field: str | None = None
@@ -436,6 +514,8 @@ def _lex(text: str) -> list[_Token]:
             i += 1
         elif char in _QUOTES:
             i = _lex_phrase(text, i, i, None, tokens)
+        elif char == "~":
+            i = _lex_concept(text, i, tokens)
         elif char == "-" and i + 1 < n and not text[i + 1].isspace() and text[i + 1] not in "-)|":
             tokens.append(_Token("NOT", i, "-"))
             i += 1
@@ -463,6 +543,20 @@ def _lex_phrase(text: str, start: int, quote: int, field: str | None, tokens: li
         raise _error(text, quote, "this quote is never closed", 'close it with another "')
     tokens.append(_Token("PHRASE", start, text[quote + 1 : close], field))
     return close + 1
+
+
+def _lex_concept(text: str, start: int, tokens: list[_Token]) -> int:
+    after = start + 1
+    if after == len(text) or text[after].isspace() or text[after] in "()|~":
+        raise _error(text, start, '"~" needs a word or a quoted phrase right after it', 'e.g. ~pretraining or ~"tool use"')
+    if text[after] in _QUOTES:
+        phrase: list[_Token] = []
+        end = _lex_phrase(text, start, after, None, phrase)
+        tokens.append(phrase[0]._replace(kind="CONCEPT"))
+        return end
+    end = _word_end(text, after)
+    tokens.append(_Token("CONCEPT", start, text[after:end]))
+    return end
 
 
 def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
@@ -604,6 +698,14 @@ class _Parser:
             if inner is None:
                 raise self._error(token.pos, "nothing with letters or digits inside these parentheses")
             return inner
+        if token.kind == "CONCEPT":
+            words = query_words(token.text)
+            if not words:
+                raise self._error(token.pos, 'this "~" concept has no letters or digits', 'e.g. ~pretraining')
+            self.term_count += 1
+            if self.term_count > MAX_TERMS:
+                raise self._error(token.pos, f"the query has more than {MAX_TERMS} terms", "remove some words")
+            return Concept(" ".join(word for word, _ in words))
         if token.kind == "PHRASE":
             if not token.text.strip():
                 raise self._error(token.pos, "empty phrase", "put words between the quotes")
@@ -664,6 +766,8 @@ def _render(node: Node, parent: type | None = None) -> str:
     if isinstance(node, Phrase):
         quoted = '"' + " ".join(node.words or node.stems) + '"'
         return f"{node.field}:{quoted}" if node.field else quoted
+    if isinstance(node, Concept):
+        return "~" + (node.text if " " not in node.text else f'"{node.text}"')
     if isinstance(node, Not):
         return "-" + _render(node.operand, Not)
     if isinstance(node, And):

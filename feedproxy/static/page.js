@@ -64,14 +64,33 @@
       const item = document.createElement("li");
       const link = document.createElement("a");
       link.href = paper.url;
-      link.textContent = paper.title;
+      // The searched words are marked, as the server renders them; all text goes in as text.
+      for (const [text, marked] of paper.title_parts || [[paper.title, false]]) {
+        if (marked) {
+          const mark = document.createElement("mark");
+          mark.textContent = text;
+          link.append(mark);
+        } else {
+          link.append(text);
+        }
+      }
       const meta = document.createElement("span");
       meta.className = "meta";
       const date = document.createElement("time");
       date.dateTime = paper.published;
       date.textContent = paper.published.slice(0, 10);
-      meta.append(date, " · " + plural(paper.upvotes, "upvote"));
+      const similar = document.createElement("a");
+      similar.className = "similar";
+      similar.href = paper.similar_url;
+      similar.textContent = "more like this";
+      meta.append(date, " · " + plural(paper.upvotes, "upvote") + " · ", similar);
       item.append(link, " ", meta);
+      if (paper.why) {
+        const why = document.createElement("span");
+        why.className = "why";
+        why.textContent = paper.why;
+        item.append(why);
+      }
       return item;
     });
     list.replaceChildren(...items);

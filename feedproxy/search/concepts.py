@@ -1,0 +1,256 @@
+"""Concept search: find the papers nearest in meaning to a query, with WordLlama embeddings.
+
+Pure and self-contained: it knows nothing of Flask, snapshots or the query language, and
+imports only the standard library, numpy and (lazily) wordllama. The caller joins each
+paper's text (title, abstract, keywords) and keeps the order: papers are rows 0..n-1.
+
+The model is WordLlama's "l2_supercat" at 256 dimensions: a 16 MB table of token vectors
+that ships inside the wordllama wheel, averaged over a text's tokens. It is loaded from the
+installed package's own folder with downloads disabled, so nothing here touches the network.
+wordllama's loader looks for the tokenizer in ``wordllama/tokenizer/`` while the wheel ships
+``wordllama/tokenizers/``; its second place to look is ``cache_dir/tokenizers/``, so we pass
+the package folder itself as ``cache_dir`` (weights are found in ``wordllama/weights/``).
+
+Errors (in feedproxy.errors): ConceptsUnavailable, the model cannot be loaded (the message
+says why); ModelMismatch, saved embeddings were made by another model (rebuild them).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from feedproxy.errors import ConceptsUnavailable, ModelMismatch
+
+MODEL_CONFIG = "l2_supercat"
+MODEL_DIM = 256
+WEIGHTS_FILE = Path("weights") / f"{MODEL_CONFIG}_{MODEL_DIM}.safetensors"
+TOKENIZER_FILE = Path("tokenizers") / f"{MODEL_CONFIG}_tokenizer_config.json"
+
+# A paper is "about" a concept when its similarity stands this many standard deviations above
+# the mean over the index (zscores). Raw cosines are not comparable across queries: the mean
+# similarity of a descriptive query to all papers ranges from 0.17 to 0.38 on the benchmark
+# corpus. At 2.0 about 2-3% of a snapshot matches (200-350 of 9,877 papers per topic), the size of
+# a topic there; see tests/fixtures/relevance/README.md for how it was chosen and what it costs:
+# a blind sample judged 7-63% of those matches relevant per topic (keyword matches: 23-87%), so
+# use it to rank, or to widen a keyword query, rather than alone as a filter.
+DEFAULT_MIN_ZSCORE = 2.0
+
+
+class ConceptModel:
+    """The loaded WordLlama model, and a fingerprint naming its exact weights and code."""
+
+    def __init__(self, inference, fingerprint: str):
+        self._inference = inference
+        self.fingerprint = fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self._inference.embedding.shape[1]
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts as rows of unit length (float32); an empty text gives a zero row."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # A batch is padded to its longest text: batching texts of like length wastes less.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        vectors[order] = self._inference.embed([texts[i] for i in order], norm=False, batch_size=batch_size)
+        # Normalise here rather than with norm=True, which divides zero rows by zero.
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        np.maximum(norms, np.finfo(np.float32).tiny, out=norms)
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+def load_model() -> ConceptModel:
+    """Load WordLlama from the installed package's folder, never downloading; or raise ConceptsUnavailable."""
+    wordllama = _import_wordllama()
+    folder = _package_dir(wordllama)
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        # Checked first: were the tokenizer missing, wordllama would fetch it from the Hub.
+        if not (folder / name).is_file():
+            raise ConceptsUnavailable(
+                f"concepts: model file {folder / name} is missing; reinstall wordllama "
+                f"({wordllama.__version__} is installed) from its wheel")
+    try:
+        inference = wordllama.WordLlama.load(
+            MODEL_CONFIG, dim=MODEL_DIM, cache_dir=folder, disable_download=True)
+    except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
+        raise ConceptsUnavailable(f"concepts: WordLlama did not load from {folder}: {error}") from error
+    return ConceptModel(inference, _fingerprint(folder, wordllama.__version__))
+
+
+@functools.cache
+def shared_model() -> ConceptModel:
+    """The model loaded once per process; an index that lost its model (unpickled) uses it."""
+    return load_model()
+
+
+def _import_wordllama():
+    """Import wordllama without letting it configure the root logger.
+
+    wordllama calls ``logging.basicConfig(level=INFO)`` at import, which would add a root
+    handler before the app's own logging setup (which only acts on an unconfigured root).
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        import wordllama
+    except ImportError as error:
+        raise ConceptsUnavailable(f"concepts: wordllama is not installed ({error})") from error
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return wordllama
+
+
+def _package_dir(wordllama) -> Path:
+    """The folder of the installed wordllama package, where the wheel puts the model."""
+    return Path(wordllama.__file__).resolve().parent
+
+
+def _fingerprint(folder: Path, version: str) -> str:
+    """Name the model by its files' bytes and wordllama's version (which does the pooling)."""
+    digest = hashlib.sha256(f"wordllama {version} {MODEL_CONFIG} {MODEL_DIM}\n".encode())
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        digest.update((folder / name).read_bytes())
+    return f"{MODEL_CONFIG}-{MODEL_DIM}-{digest.hexdigest()[:16]}"
+
+
+class ConceptIndex:
+    """One unit-length embedding per paper (a float32 array, row i = paper i), and queries over it.
+
+    Similarities are cosines in [-1, 1]. Pickling keeps only the embeddings and the model's
+    fingerprint (about 1 KB per paper); the model is re-attached from ``shared_model()`` on
+    first use, and a different model raises ModelMismatch.
+    """
+
+    def __init__(self, embeddings: np.ndarray, fingerprint: str, model: ConceptModel | None = None):
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D (papers x dimensions), not {embeddings.shape}")
+        self.embeddings = embeddings
+        self.fingerprint = fingerprint
+        self._model = None
+        if model is not None:
+            self.attach(model)
+
+    @classmethod
+    def build(cls, texts: Sequence[str], model: ConceptModel | None = None) -> ConceptIndex:
+        """Embed one text per paper, in the caller's order."""
+        model = model or shared_model()
+        return cls(model.embed(texts), model.fingerprint, model)
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.embeddings.nbytes
+
+    @property
+    def model(self) -> ConceptModel:
+        if self._model is None:
+            self.attach(shared_model())
+        return self._model
+
+    def attach(self, model: ConceptModel) -> None:
+        """Use this model for queries; it must be the one that made the embeddings."""
+        if model.fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                f"concepts: embeddings were made by model {self.fingerprint} but {model.fingerprint} "
+                "is loaded; rebuild the concept index")
+        self._model = model
+
+    def similarity(self, query_text: str) -> np.ndarray:
+        """The cosine similarity of the query to every paper, one float32 per row."""
+        query = self.model.embed([query_text])[0]
+        return self.embeddings @ query
+
+    def zscores(self, query_text: str) -> np.ndarray:
+        """Each paper's similarity in standard deviations above the mean over this index.
+
+        Comparable across queries, unlike raw cosines, so one cut-off (DEFAULT_MIN_ZSCORE) serves
+        every query; meaningful only over many unrelated papers (a snapshot, not a handful).
+        """
+        scores = self.similarity(query_text)
+        spread = scores.std()
+        if spread < 1e-6:  # all papers alike: float32 rounding is not a signal
+            return np.zeros_like(scores)
+        return (scores - scores.mean()) / spread
+
+    def nearest(self, query_text: str, k: int = 10, min_similarity: float = 0.0) -> list[tuple[int, float]]:
+        """The k papers most similar to the query, as (row, similarity), most similar first."""
+        return _top(self.similarity(query_text), k, min_similarity)
+
+    def similar_to(self, row: int, k: int = 10, min_similarity: float = 0.0) -> list[tuple[int, float]]:
+        """The k papers most similar to paper ``row``; the paper itself comes first."""
+        scores = self.embeddings @ self.embeddings[row]
+        scores[row] = np.float32(1.0)  # not 0.99999994: its own row wins every tie
+        return _top(scores, k, min_similarity)
+
+    def save(self, path: str | Path) -> None:
+        """Write the embeddings and the model's fingerprint to one .npz file (no pickle inside)."""
+        with open(path, "wb") as out:  # a file object, so numpy does not append ".npz" to the name
+            np.savez(out, embeddings=self.embeddings, fingerprint=np.array(self.fingerprint))
+
+    @classmethod
+    def load(cls, path: str | Path, model: ConceptModel | None = None) -> ConceptIndex:
+        """Read what ``save`` wrote; with a model, check now that it made these embeddings."""
+        with np.load(path, allow_pickle=False) as saved:
+            index = cls(saved["embeddings"], str(saved["fingerprint"]))
+        if model is not None:
+            index.attach(model)
+        return index
+
+    def __getstate__(self) -> dict:
+        return {"embeddings": self.embeddings, "fingerprint": self.fingerprint}
+
+    def __setstate__(self, state: dict) -> None:
+        self.embeddings = state["embeddings"]
+        self.fingerprint = state["fingerprint"]
+        self._model = None
+
+
+def _top(scores: np.ndarray, k: int, min_similarity: float) -> list[tuple[int, float]]:
+    """The k highest scores at or above min_similarity, as (row, score); ties go to the lower row."""
+    rows = np.flatnonzero(scores >= min_similarity)
+    if k <= 0 or rows.size == 0:
+        return []
+    if rows.size > k:
+        # Keep every row tied with the k-th score, so the tie-break below sees all of them.
+        kth = np.partition(scores[rows], rows.size - k)[rows.size - k]
+        rows = rows[scores[rows] >= kth]
+    order = np.lexsort((rows, -scores[rows]))[:k]
+    return [(int(rows[i]), float(scores[rows[i]])) for i in order]
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[int]:
+    """Merge rankings of the same items into one, by reciprocal rank fusion.
+
+    Each item scores the sum, over the rankings that hold it, of 1 / (k + rank), with ranks
+    counted from 1 (Cormack, Clarke and Buettcher, SIGIR 2009; k = 60 is their constant). An
+    item missing from a ranking gets nothing from it, so items that several rankings agree on
+    rise, and no ranking's raw scores need to be comparable with another's. Only an item's
+    first place in a ranking counts. Equal scores keep the order in which items were first seen
+    (ranking by ranking, best first). Scores are summed exactly rounded, so the result does not
+    depend on the order of the rankings beyond that tie-break.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, not {k}")
+    shares: dict[int, list[float]] = {}
+    for ranking in rankings:
+        seen = set()
+        for rank, item in enumerate(ranking, start=1):
+            if item not in seen:
+                seen.add(item)
+                shares.setdefault(item, []).append(1.0 / (k + rank))
+    scores = {item: math.fsum(parts) for item, parts in shares.items()}
+    return sorted(scores, key=lambda item: -scores[item])
