@@ -6,6 +6,7 @@ import json
 import logging
 import pickle
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,11 +61,26 @@ def test_the_model_loads_from_the_wheel_without_the_network(no_network, tmp_path
     assert not list(tmp_path.iterdir())  # nothing was cached
 
 
-def test_importing_wordllama_leaves_the_root_logger_alone(monkeypatch):
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [])
-    semantic._import_wordllama()
-    assert root.handlers == []
+def test_our_vectors_are_wordllamas_own(model):
+    """We read the wheel's files and average token vectors ourselves: the same vectors WordLlama gives."""
+    import wordllama
+
+    theirs = wordllama.WordLlama.load(semantic.MODEL_CONFIG, dim=semantic.MODEL_DIM,
+                                      cache_dir=semantic._package_dir(), disable_download=True)
+    texts = [paper_text(item) for item in ITEMS[:12]] + ["LLMs", "a" * 5000]
+    expected = theirs.embed(texts, norm=True)
+    assert np.allclose(model.embed(texts), expected, atol=1e-5)
+
+
+def test_opening_the_model_imports_no_wordllama_code_and_leaves_logging_alone():
+    code = ("import logging, sys; from feedproxy.search import concepts; concepts.load_model(); "
+            "print('wordllama' in sys.modules, logging.getLogger().handlers)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False []"
+
+
+def test_the_table_is_memory_mapped_not_copied(model):
+    assert isinstance(model.table, np.memmap) and model.table.dtype == np.float16
 
 
 @pytest.mark.parametrize(("query", "paper_id"), [
@@ -148,24 +164,23 @@ def test_embeddings_of_another_model_are_refused(index, model, tmp_path):
 
 
 def test_a_missing_model_file_is_unavailable_with_the_reason(no_network, tmp_path, monkeypatch):
-    monkeypatch.setattr(semantic, "_package_dir", lambda wordllama: tmp_path)
+    monkeypatch.setattr(semantic, "_package_dir", lambda: tmp_path)
     with pytest.raises(ConceptsUnavailable, match=r"model file .*l2_supercat_256\.safetensors is missing"):
         semantic.load_model()
 
 
 def test_a_loader_failure_is_unavailable_with_the_reason(no_network, monkeypatch):
-    wordllama = semantic._import_wordllama()
-
     def broken(*args, **kwargs):
         raise OSError("truncated safetensors header")
 
-    monkeypatch.setattr(wordllama.WordLlama, "load", broken)
+    monkeypatch.setattr(semantic, "_map_tensor", broken)
     with pytest.raises(ConceptsUnavailable, match="did not load .*truncated safetensors header"):
         semantic.load_model()
 
 
 def test_missing_wordllama_is_unavailable_with_the_reason(monkeypatch):
-    monkeypatch.setitem(sys.modules, "wordllama", None)  # makes `import wordllama` fail
+    real = semantic.importlib.util.find_spec
+    monkeypatch.setattr(semantic.importlib.util, "find_spec", lambda name: None if name == "wordllama" else real(name))
     with pytest.raises(ConceptsUnavailable, match="wordllama is not installed"):
         semantic.load_model()
 

@@ -1,15 +1,21 @@
 """Concept search: find the papers nearest in meaning to a query, with WordLlama embeddings.
 
 Pure and self-contained: it knows nothing of Flask, snapshots or the query language, and
-imports only the standard library, numpy and (lazily) wordllama. The caller joins each
-paper's text (title, abstract, keywords) and keeps the order: papers are rows 0..n-1.
+imports only the standard library, numpy and (lazily) the ``tokenizers`` library. The caller
+joins each paper's text (title, abstract, keywords) and keeps the order: papers are rows 0..n-1.
 
-The model is WordLlama's "l2_supercat" at 256 dimensions: a 16 MB table of token vectors
-that ships inside the wordllama wheel, averaged over a text's tokens. It is loaded from the
-installed package's own folder with downloads disabled, so nothing here touches the network.
-wordllama's loader looks for the tokenizer in ``wordllama/tokenizer/`` while the wheel ships
-``wordllama/tokenizers/``; its second place to look is ``cache_dir/tokenizers/``, so we pass
-the package folder itself as ``cache_dir`` (weights are found in ``wordllama/weights/``).
+The model is WordLlama's "l2_supercat" at 256 dimensions: a 32,000 x 256 table of token vectors
+(16 MB of float16) and a tokenizer, both shipped inside the ``wordllama`` wheel. WordLlama's own
+inference is a lookup and an average: tokenize without special tokens, take each token's row,
+average them. We do exactly that here, reading the wheel's files directly, so that:
+
+- nothing is downloaded, ever (wordllama's loader would fetch a missing tokenizer from the Hub);
+- the table is memory-mapped from the wheel's safetensors file, not copied: a worker embedding
+  a query touches only the rows of its tokens, and every process shares the pages (importing
+  and loading wordllama itself costs a worker about 90 MB);
+- wordllama's own code is not imported (it also reconfigures the root logger at import).
+
+tests/test_semantic.py checks that our vectors equal WordLlama's own.
 
 Errors (in feedproxy.errors): ConceptsUnavailable, the model cannot be loaded (the message
 says why); ModelMismatch, saved embeddings were made by another model (rebuild them).
@@ -19,8 +25,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
+import importlib.metadata
+import importlib.util
+import json
 import math
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +41,8 @@ MODEL_CONFIG = "l2_supercat"
 MODEL_DIM = 256
 WEIGHTS_FILE = Path("weights") / f"{MODEL_CONFIG}_{MODEL_DIM}.safetensors"
 TOKENIZER_FILE = Path("tokenizers") / f"{MODEL_CONFIG}_tokenizer_config.json"
+TENSOR_KEY = "embedding.weight"
+_SAFETENSOR_TYPES = {"F16": np.float16, "F32": np.float32}
 
 # A paper is "about" a concept when its similarity stands this many standard deviations above
 # the mean over the index (zscores). Raw cosines are not comparable across queries: the mean
@@ -44,80 +55,94 @@ DEFAULT_MIN_ZSCORE = 2.0
 
 
 class ConceptModel:
-    """The loaded WordLlama model, and a fingerprint naming its exact weights and code."""
+    """WordLlama's token table (memory-mapped) and tokenizer, and a fingerprint naming them."""
 
-    def __init__(self, inference, fingerprint: str):
-        self._inference = inference
+    def __init__(self, table: np.ndarray, tokenizer, fingerprint: str):
+        self.table = table
+        self.tokenizer = tokenizer
         self.fingerprint = fingerprint
 
     @property
     def dim(self) -> int:
-        return self._inference.embedding.shape[1]
+        return self.table.shape[1]
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embed texts as rows of unit length (float32); an empty text gives a zero row."""
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts as rows of unit length (float32): the average of their tokens' vectors.
+
+        An empty text (no tokens) gives a zero row.
+        """
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        # A batch is padded to its longest text: batching texts of like length wastes less.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        vectors[order] = self._inference.embed([texts[i] for i in order], norm=False, batch_size=batch_size)
-        # Normalise here rather than with norm=True, which divides zero rows by zero.
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        last = self.table.shape[0] - 1
+        for row, encoding in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+            ids = np.asarray(encoding.ids, dtype=np.intp)
+            if ids.size:
+                np.clip(ids, 0, last, out=ids)
+                vectors[row] = self.table[ids].astype(np.float32).sum(axis=0) / np.float32(ids.size)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         np.maximum(norms, np.finfo(np.float32).tiny, out=norms)
         return np.ascontiguousarray(vectors / norms, dtype=np.float32)
 
 
 def load_model() -> ConceptModel:
-    """Load WordLlama from the installed package's folder, never downloading; or raise ConceptsUnavailable."""
-    wordllama = _import_wordllama()
-    folder = _package_dir(wordllama)
+    """Open the model in the installed wordllama wheel, never downloading; or raise ConceptsUnavailable."""
+    folder = _package_dir()
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
-        # Checked first: were the tokenizer missing, wordllama would fetch it from the Hub.
         if not (folder / name).is_file():
             raise ConceptsUnavailable(
                 f"concepts: model file {folder / name} is missing; reinstall wordllama "
-                f"({wordllama.__version__} is installed) from its wheel")
+                f"({_version()} is installed) from its wheel")
     try:
-        inference = wordllama.WordLlama.load(
-            MODEL_CONFIG, dim=MODEL_DIM, cache_dir=folder, disable_download=True)
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        table = _map_tensor(folder / WEIGHTS_FILE, TENSOR_KEY)
     except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
-        raise ConceptsUnavailable(f"concepts: WordLlama did not load from {folder}: {error}") from error
-    return ConceptModel(inference, _fingerprint(folder, wordllama.__version__))
+        raise ConceptsUnavailable(f"concepts: the WordLlama model did not load from {folder}: {error}") from error
+    if table.ndim != 2 or table.shape[1] != MODEL_DIM:
+        raise ConceptsUnavailable(f"concepts: {folder / WEIGHTS_FILE} holds a {table.shape} table, not (n, {MODEL_DIM})")
+    return ConceptModel(table, tokenizer, _fingerprint(folder, _version()))
 
 
 @functools.cache
 def shared_model() -> ConceptModel:
-    """The model loaded once per process; an index that lost its model (unpickled) uses it."""
+    """The model opened once per process; an index that lost its model (unpickled) uses it."""
     return load_model()
 
 
-def _import_wordllama():
-    """Import wordllama without letting it configure the root logger.
+def _package_dir() -> Path:
+    """The folder of the installed wordllama package (found, not imported)."""
+    spec = importlib.util.find_spec("wordllama")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConceptsUnavailable("concepts: wordllama is not installed (pip install wordllama)")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
-    wordllama calls ``logging.basicConfig(level=INFO)`` at import, which would add a root
-    handler before the app's own logging setup (which only acts on an unconfigured root).
-    """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+
+def _version() -> str:
     try:
-        import wordllama
-    except ImportError as error:
-        raise ConceptsUnavailable(f"concepts: wordllama is not installed ({error})") from error
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return wordllama
+        return importlib.metadata.version("wordllama")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def _package_dir(wordllama) -> Path:
-    """The folder of the installed wordllama package, where the wheel puts the model."""
-    return Path(wordllama.__file__).resolve().parent
+def _map_tensor(path: Path, key: str) -> np.ndarray:
+    """Memory-map one tensor of a safetensors file (8-byte header length, JSON header, raw data)."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    entry = header[key]
+    start, end = entry["data_offsets"]
+    dtype = np.dtype(_SAFETENSOR_TYPES[entry["dtype"]]).newbyteorder("<")
+    shape = tuple(entry["shape"])
+    if end - start != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"tensor {key!r} is {end - start} bytes, not {shape} of {dtype}")
+    return np.memmap(path, dtype=dtype, mode="r", offset=8 + length + start, shape=shape)
 
 
 def _fingerprint(folder: Path, version: str) -> str:
-    """Name the model by its files' bytes and wordllama's version (which does the pooling)."""
+    """Name the model by its files' bytes and wordllama's version."""
     digest = hashlib.sha256(f"wordllama {version} {MODEL_CONFIG} {MODEL_DIM}\n".encode())
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
         digest.update((folder / name).read_bytes())
