@@ -6,6 +6,7 @@ import pytest
 
 from feedproxy.app import create_app
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
+from feedproxy.store.files import SnapshotFile
 from feedproxy.store.snapshot import utcnow
 
 from .conftest import make_config
@@ -136,7 +137,7 @@ def test_last_modified_survives_a_restart_and_is_shared_by_workers(tmp_path, ups
         again = create_app(config, clock=clock).test_client().get("/feed?q=model")
         assert again.headers["Last-Modified"] == first.headers["Last-Modified"]
         assert again.headers["ETag"] == first.headers["ETag"]
-    (tmp_path / "hf-daily" / "index.pickle").unlink()  # from the JSON snapshot alone, too
+    SnapshotFile(tmp_path / "hf-daily").index_path.unlink()  # from the JSON snapshot alone, too
     again = create_app(config, clock=clock).test_client().get("/feed?q=model")
     assert again.headers["Last-Modified"] == first.headers["Last-Modified"]
 

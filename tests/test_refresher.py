@@ -12,7 +12,8 @@ from feedproxy.errors import NoData
 from feedproxy.store.child import RefresherError, RefresherStopped, run_in_child
 from feedproxy.search.index import PaperIndex
 from feedproxy.store.snapshot import SnapshotStore, utcnow
-from feedproxy.store.files import SnapshotFile
+from feedproxy.store.files import SavedSnapshot, SnapshotFile
+from feedproxy.upstream.papers import paper_from_item
 from feedproxy.upstream.daily_papers import HttpListing
 
 from .conftest import make_config
@@ -141,3 +142,18 @@ def test_a_child_leaves_no_metrics_files(upstream, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))  # as gunicorn.conf.py sets it for workers
     child_store(upstream, tmp_path).current()
     assert len(upstream.requests) == 1 and list(metrics.iterdir()) == []
+
+
+def test_a_worker_never_builds_an_index_its_child_builds_it(upstream, tmp_path, monkeypatch):
+    """A worker finding a snapshot without a usable index cache (new code, or the child mid-save) must
+    not rebuild the index itself: its child does, and saves it for every worker."""
+    papers = tuple(paper_from_item(i) for i in upstream.items)
+    SnapshotFile(tmp_path / "hf-daily").save(SavedSnapshot(upstream.url, utcnow(), papers))  # JSON, no index
+
+    def built_here(*args, **kwargs):
+        raise AssertionError("the worker built an index")
+
+    monkeypatch.setattr(PaperIndex, "__init__", built_here)  # in this process only: the child is another
+    store = child_store(upstream, tmp_path)
+    assert len(store.current().papers) == 40
+    assert SnapshotFile(tmp_path / "hf-daily").has_current_index() and len(upstream.requests) == 0

@@ -142,7 +142,7 @@ def test_a_worker_that_found_the_lock_taken_at_start_still_serves_once_the_file_
 
 def test_a_restart_adopts_the_saved_index_without_rebuilding(tmp_path, upstream, clock, monkeypatch):
     first = store_for(upstream, clock, tmp_path).current()
-    assert (tmp_path / "index.pickle").exists()
+    assert SnapshotFile(tmp_path).index_path.exists()
     from feedproxy.search import index as index_module
 
     def no_rebuild(*args, **kwargs):
@@ -160,7 +160,7 @@ def test_a_restart_adopts_the_saved_index_without_rebuilding(tmp_path, upstream,
 @pytest.mark.parametrize("spoil", ["corrupt", "older than the snapshot", "other window", "other code"])
 def test_an_index_cache_that_does_not_match_is_ignored_and_rebuilt(tmp_path, upstream, clock, spoil):
     first = store_for(upstream, clock, tmp_path).current()
-    cache = tmp_path / "index.pickle"
+    cache = SnapshotFile(tmp_path).index_path
     if spoil == "corrupt":
         cache.write_bytes(b"\x80\x05garbage")
     elif spoil == "older than the snapshot":
@@ -213,7 +213,7 @@ def test_any_worker_refreshes_conditionally_with_the_saved_validators(tmp_path, 
     assert len(upstream.requests) == 2
     assert upstream.requests[1]["headers"].get("If-None-Match") == upstream.requests_etag(0)
     assert other.last_error is None and other.last_success_at == clock()
-    (tmp_path / "index.pickle").unlink()  # and through the JSON snapshot too
+    SnapshotFile(tmp_path).index_path.unlink()  # and through the JSON snapshot too
     third = store_for(upstream, clock, tmp_path)
     clock.advance(901)
     third.current()

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
 SNAPSHOT_NAME = "snapshot.json.gz"
-INDEX_NAME = "index.pickle"
 FAILURE_NAME = "failure.json"
 CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
@@ -52,6 +51,9 @@ def code_fingerprint() -> str:
 
 
 CODE_FINGERPRINT = code_fingerprint()
+# The index cache's file is named by the code that wrote it: whether a usable one exists is then a
+# stat, not an unpickling (the refresher child decides on it before loading anything).
+INDEX_NAME = f"index-{CODE_FINGERPRINT}.pickle"
 
 
 @dataclass(frozen=True)
@@ -187,16 +189,31 @@ class SnapshotFile:
                 f"moved it to {aside} and will fetch anew"
             ) from None
 
+    @property
+    def index_path(self) -> Path:
+        return self.dir / INDEX_NAME
+
     def save_index(self, saved: SavedIndex) -> None:
-        """Write the index cache atomically; it is written by this process from its own data only."""
-        self._write_atomically(self.dir / INDEX_NAME, pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
+        """Write the index cache atomically (written by this process from its own data only); drop older code's."""
+        self._write_atomically(self.index_path, pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
+        for stale in self.dir.glob("index*.pickle"):
+            if stale != self.index_path:
+                with _ignored(OSError):
+                    stale.unlink()
+
+    def has_current_index(self) -> bool:
+        """Whether an index cache of this code, at least as new as the snapshot file, is there to load."""
+        try:
+            return self.index_path.stat().st_mtime >= (self.mtime() or float("inf"))
+        except OSError:
+            return False
 
     def load_index(self) -> SavedIndex | None:
         """Read the index cache if it is at least as new as the snapshot file and from this code; else None.
 
         A cache that cannot be read is simply rebuilt: it holds nothing the JSON file lacks.
         """
-        path = self.dir / INDEX_NAME
+        path = self.index_path
         try:
             if path.stat().st_mtime < (self.mtime() or float("inf")):
                 return None

@@ -245,12 +245,14 @@ class SnapshotStore:
                     # Another worker is fetching: look at its file again shortly.
                     self.state = self.state.busy_elsewhere(self.clock())
                     return True
-                if load_lazily and self._snapshot is None:
-                    # Decide on the folder's small state files first: loading the index costs time and memory.
-                    saved = self.storage.mtime() is not None
-                    self._adopt_shared_state(holding=saved)
-                    if not self.state.fetch_wanted(self.clock(), holding=saved):
-                        return True
+                if load_lazily and self._snapshot is None and self.storage.mtime() is not None:
+                    # Decide on the folder's small state files first: loading the index costs time and
+                    # memory. Without a current index cache (new code, or none yet) this process must
+                    # load the snapshot all the same, to build and save it for the workers.
+                    if self.storage.has_current_index():
+                        self._adopt_shared_state(holding=True)
+                        if not self.state.fetch_wanted(self.clock(), holding=True):
+                            return True
                 self._take_up_shared()
                 if self.state.fetch_wanted(self.clock(), holding=self._snapshot is not None):
                     return self._fetch()
@@ -363,8 +365,13 @@ class SnapshotStore:
             self._storage_failed(exc)
 
     def _load_saved(self) -> None:
-        """Adopt the saved snapshot if it is from our source; it is fresh until its refresh is due."""
-        if self._load_saved_index():
+        """Adopt the saved snapshot if it is from our source; it is fresh until its refresh is due.
+
+        A worker with a refresher child takes up only the index cache: building an index from the JSON
+        is the child's work (a worker doing it holds its GIL for seconds and keeps the heap it leaves,
+        and it happens in the moment between the child saving the snapshot and saving its index).
+        """
+        if self._load_saved_index() or self.refresher is not None:
             return
         try:
             mtime = self.storage.mtime()
