@@ -91,7 +91,7 @@ class Tab:
         page.on("request", lambda req: "/preview.json" in req.url and self.preview_requests.append(req.url))
 
     def papers(self) -> list[str]:
-        return self.page.locator("#papers li a").evaluate_all("links => links.map(a => a.href)")
+        return self.page.locator("#papers li > a:not(.similar)").evaluate_all("links => links.map(a => a.href)")
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_markup_in_the_query_or_a_title_is_shown_as_text(open_tab, server):
     page = tab.page
     page.fill("#q", "zebrafish <script>")
     expect(page.locator("#papers li")).to_have_count(1)
-    expect(page.locator("#papers li a")).to_have_text(HOSTILE_TITLE)
+    expect(page.locator("#papers li > a:not(.similar)")).to_have_text(HOSTILE_TITLE)
     assert page.input_value("#q") == "zebrafish <script>"
     page.fill("#q", '"<script>alert(1)</script>')  # an unclosed quote: the message quotes the query
     expect(page.locator("#form-error")).to_contain_text('"<script>aler')

@@ -54,7 +54,7 @@ def test_page_explains_itself_with_a_labelled_form(client):
     form = by_id(doc, "feed-form")
     assert form.get("method") == "get" and form.get("action") == "/"
     controls = form.xpath(".//input[not(@type='hidden')] | .//select")
-    assert sorted(c.get("name") for c in controls) == ["days", "format", "limit", "min_upvotes", "q", "sort"]
+    assert sorted(c.get("name") for c in controls) == ["days", "format", "limit", "match", "min_upvotes", "q", "sort"]
     labels = set(doc.xpath("//label/@for"))
     assert all(c.get("id") in labels for c in controls)  # every control has a label
     assert by_id(doc, "feed-url").get("value") == "http://localhost/feed"
@@ -115,13 +115,18 @@ def test_server_side_preview_lists_exactly_what_the_feed_lists(client, query):
 def test_preview_shows_each_papers_date_and_upvotes(client):
     _, doc = get_page(client, "q=4DAnyone")
     (item,) = doc.xpath('//ol[@id="papers"]/li')
-    assert item.find("a").text == "4DAnyone: Create Anyone in 4D from a Casual Monocular Video"
+    title = "4DAnyone: Create Anyone in 4D from a Casual Monocular Video"
+    assert item.find("a").text_content() == title and item.find("a/mark").text == "4DAnyone"  # the word found
     assert item.find("a").get("href") == "https://huggingface.co/papers/2608.20335"
     assert item.xpath(".//time/@datetime") == ["2026-08-19T20:00:00+00:00"]
-    assert re.sub(r"\s+", " ", item.find("span").text_content()) == "2026-08-19 · 38 upvotes"
+    assert re.sub(r"\s+", " ", item.find("span").text_content()) == "2026-08-19 · 38 upvotes · more like this"
+    why = '"4danyone" in title, abstract'
+    assert item.find('span[@class="why"]').text == why
     data = json.loads(client.get("/preview.json?q=4DAnyone").data)
-    assert data["papers"] == [{"id": "2608.20335", "title": item.find("a").text, "url": item.find("a").get("href"),
-                               "published": "2026-08-19T20:00:00Z", "upvotes": 38}]
+    assert data["papers"] == [{"id": "2608.20335", "title": title, "url": item.find("a").get("href"),
+                               "published": "2026-08-19T20:00:00Z", "upvotes": 38,
+                               "title_parts": [["4DAnyone", True], [title[8:], False]], "why": why,
+                               "similar_url": "/?similar=2608.20335"}]
 
 
 @pytest.mark.parametrize(
@@ -319,7 +324,7 @@ def test_opml_refuses_bad_requests_saying_why(client, query, status, words):
 def test_syntax_examples_keep_the_chosen_format_limit_and_upvotes(client):
     _, doc = get_page(client, "q=agents&format=rss&limit=7&min_upvotes=3&source=hf-daily")
     links = doc.xpath("//a[@class='example']")
-    assert len(links) == 6
+    assert len(links) == 7
     assert links[0].get("href") == "/?q=pretraining%20-survey&format=rss&limit=7&min_upvotes=3&source=hf-daily"
     for link in links:
         _, followed = get_page(client, link.get("href").removeprefix("/?"))

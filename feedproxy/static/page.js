@@ -20,11 +20,13 @@
   let timer = null;
   let inFlight = null;
 
-  // The form's values, leaving out empty ones (the server's defaults apply).
+  // The form's values, leaving out empty ones and choices left at their default (the server's apply).
   function formParams() {
     const params = new URLSearchParams();
     for (const [name, value] of new FormData(form)) {
-      if (String(value).trim() !== "") params.append(name, value);
+      const control = form.elements.namedItem(name);
+      const unchanged = control && control.dataset && control.dataset.default === value;
+      if (String(value).trim() !== "" && !unchanged) params.append(name, value);
     }
     return params;
   }
