@@ -70,6 +70,60 @@ def test_items_failing_validation_are_skipped_and_the_rest_served(upstream, cloc
     assert [e.id.rsplit("/", 1)[1] for e in parsed.entries] == [items[0]["paper"]["id"], items[1]["paper"]["id"]]
 
 
+@pytest.mark.parametrize("odd", [
+    {"upvotes": 1e19},  # larger than any 64-bit integer
+    {"upvotes": 10**400},  # JSON allows it (1e400 in the body)
+    {"publishedAt": "0001-01-01T00:00:00+14:00"},  # before year 1 once in UTC
+])
+def test_items_no_check_foresaw_are_skipped_not_fatal(upstream, clock, items, odd):
+    """(issue 17) An item of a shape no validation foresaw costs that item, never the refresh."""
+    strange = dict(items[2], paper=dict(items[2]["paper"], id="2608.98765"))
+    for key, value in odd.items():
+        if key in strange["paper"] or key == "upvotes":
+            strange["paper"][key] = value
+        else:
+            strange[key] = value
+    body = json.dumps([items[0], strange, items[1]]).replace("1e+400", "1e400")
+    upstream.faults.append(Fault(body=body.encode()))
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    response = client.get("/feed")
+    assert response.status_code == 200
+    found = [e.id.rsplit("/", 1)[1] for e in feedparser.parse(response.data).entries]
+    assert items[0]["paper"]["id"] in found and items[1]["paper"]["id"] in found
+    # A count past any real one is kept as the largest the service counts; other oddities cost the item.
+    assert ("2608.98765" in found) == ("upvotes" in odd)
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(body=b"[" * 100_000 + b"]" * 100_000),  # JSON nested 100,000 deep
+])
+def test_a_page_no_parser_can_read_is_a_recorded_failure_with_backoff(upstream, clock, fault):
+    upstream.faults.append(fault)
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    response = client.get("/feed")
+    assert response.status_code == 503 and "not valid JSON (RecursionError" in response.text
+    assert int(response.headers["Retry-After"]) == 5
+    health = json.loads(client.get("/healthz").data)
+    assert "RecursionError" in health["last_error"]
+
+
+def test_any_failure_inside_a_refresh_is_recorded_and_backed_off(upstream, clock, monkeypatch):
+    from feedproxy.upstream.daily_papers import HttpListing
+
+    def exhausted(self, validators=None):
+        raise MemoryError("cannot allocate")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(HttpListing, "pages", exhausted)
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    first = client.get("/feed")
+    assert first.status_code == 503 and "the refresh failed: MemoryError: cannot allocate" in first.text
+    clock.advance(6)
+    assert "failures=2" not in first.text
+    second = client.get("/feed")
+    assert second.status_code == 503 and int(second.headers["Retry-After"]) == 10  # the wait doubles
+
+
 def test_fifty_simultaneous_cold_requests_make_one_upstream_fetch(upstream, clock):
     upstream.faults.append(Fault(delay=0.3))
     app = create_app(make_config(upstream.url), clock=clock)

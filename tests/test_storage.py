@@ -38,8 +38,17 @@ def test_round_trip_keeps_every_field(tmp_path, items, clock):
     assert not list(tmp_path.glob(".snapshot-*"))  # no temporary file left behind
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage", gzip.compress(b"{not json"), gzip.compress(b'{"format": 99}'),
-                                     gzip.compress(b'{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [{}]}')])
+_PAPER = '{"id": "2608.1", "title": "t", "published": "%s"}'
+_SAVED = '{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [%s]}'
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"garbage", gzip.compress(b"{not json"), gzip.compress(b'{"format": 99}'),
+    gzip.compress(b'{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [{}]}'),
+    # (issue 17) shapes a refresh would refuse must not stop a worker from starting either
+    gzip.compress((_SAVED % (_PAPER % "0001-01-01T00:00:00+14:00")).encode()),
+    gzip.compress(b"[" * 100_000 + b"]" * 100_000),
+])
 def test_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
     (tmp_path / SNAPSHOT_NAME).write_bytes(content)
     with pytest.raises(StorageError, match="unreadable.*moved it to"):

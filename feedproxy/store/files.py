@@ -182,7 +182,7 @@ class SnapshotFile:
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
                                  Validators.from_json(document.get("validators")),
                                  parse_timestamp(document.get("changed_at")))
-        except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, EOFError, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             aside = self.move_aside()
             raise StorageError(
                 f"storage: {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "

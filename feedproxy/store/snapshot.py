@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
-from feedproxy.errors import NoData, RefresherError, RefresherStopped, StorageError, UpstreamError
+from feedproxy.errors import NoData, RefresherError, RefresherStopped, StorageError, UpstreamBadData, UpstreamError
 from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
 from feedproxy.store.policy import RefreshState
 from feedproxy.store.window import content_version, merge_window, window_start
@@ -322,6 +322,12 @@ class SnapshotStore:
             error = exc
             self.on_upstream_request(exc)
             # A fetch cut short must not be answered 304 next time: the pages after the first may differ.
+            validators = NO_VALIDATORS
+        except Exception as exc:  # noqa: BLE001 - any other failure is recorded and backed off like one
+            log.exception("refresh of %s failed unexpectedly", self.source.description)
+            error = UpstreamBadData(f"{self.source.description}: the refresh failed: {type(exc).__name__}: "
+                                    f"{str(exc)[:200]}")
+            self.on_upstream_request(error)
             validators = NO_VALIDATORS
 
         if fetched:

@@ -58,8 +58,9 @@ def parse_listing(body: bytes, page_number: int = 0, origin: str = "upstream") -
     """Decode a JSON listing into a Page, skipping items that fail validation."""
     try:
         items = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UpstreamBadData(f"{origin}: page {page_number} is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise UpstreamBadData(f"{origin}: page {page_number} is not valid JSON ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
     if not isinstance(items, list):
         raise UpstreamBadData(f"{origin}: page {page_number} is a JSON {type(items).__name__}, expected a list of papers")
     papers = []
@@ -68,6 +69,10 @@ def parse_listing(body: bytes, page_number: int = 0, origin: str = "upstream") -
             papers.append(paper_from_item(item))
         except InvalidItem as exc:
             log.warning("%s: skipped an item on page %d: %s", origin, page_number, exc)
+        except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+            # Shapes no check foresaw (upvotes 1e400, a year-1 date with an offset): the item, not the page.
+            log.warning("%s: skipped an item on page %d: %s: %s", origin, page_number, type(exc).__name__,
+                        str(exc)[:200])
     if items and not papers:
         raise UpstreamBadData(
             f"{origin}: none of the {len(items)} items on page {page_number} has the expected shape "

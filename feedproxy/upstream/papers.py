@@ -72,9 +72,15 @@ def _optional_url(value: object) -> str | None:
     return None
 
 
+MAX_COUNT = 10**9  # upvotes, comments, stars: no real count comes near; the index stores them in 64 bits
+
+
 def _optional_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A count from the API: a whole number from 0 to MAX_COUNT (more is MAX_COUNT; junk, NaN: 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return 0
+    if value >= MAX_COUNT:  # also float("inf"), which int() refuses
+        return MAX_COUNT
     return max(int(value), 0)
 
 
