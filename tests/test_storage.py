@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -241,3 +242,26 @@ def test_an_unchanged_upstream_is_checked_once_per_interval_for_all_workers(tmp_
     # The first fetch, then one conditional request (answered 304) per interval, not one per worker.
     assert len(upstream.requests) == 4
     assert all(r["headers"].get("If-None-Match") for r in upstream.requests[1:])
+
+
+class _Planted:
+    """What an attacker able to write the data folder would leave there: loading it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_index_cache_cannot_run_code(tmp_path, upstream, clock, caplog):
+    """(issue 17) The index cache is a pickle: only the classes an index holds may be loaded from it."""
+    first = store_for(upstream, clock, tmp_path).current()
+    marker = tmp_path / "pwned"
+    index = SnapshotFile(tmp_path).index_path
+    index.write_bytes(pickle.dumps(_Planted(marker)))
+    restarted = store_for(upstream, clock, tmp_path)  # finds the planted file, refuses it, rebuilds
+    assert not marker.exists()
+    assert restarted.peek().version == first.version
+    assert "os.system is not allowed" in caplog.text or "posix.system is not allowed" in caplog.text
+    assert SnapshotFile(tmp_path).load_index().version == first.version  # a real cache loads

@@ -51,6 +51,30 @@ def code_fingerprint() -> str:
 
 
 CODE_FINGERPRINT = code_fingerprint()
+# What an index cache may hold: loading it through _IndexUnpickler refuses any other class or function,
+# so a planted file cannot make the service run code (pickle.load would call whatever it names).
+INDEX_GLOBALS = frozenset({
+    ("feedproxy.store.files", "SavedIndex"),
+    ("feedproxy.search.index", "PaperIndex"),
+    ("feedproxy.search.index", "_FieldPostings"),
+    ("feedproxy.search.concepts", "ConceptIndex"),
+    ("feedproxy.upstream.papers", "Paper"),
+    ("feedproxy.upstream.http", "Validators"),
+    ("datetime", "datetime"), ("datetime", "timezone"), ("datetime", "timedelta"),
+    ("array", "array"), ("array", "_array_reconstructor"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+})
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in INDEX_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an index cache")
+        return super().find_class(module, name)
+
+
 # The index cache's file is named by the code that wrote it: whether a usable one exists is then a
 # stat, not an unpickling (the refresher child decides on it before loading anything).
 INDEX_NAME = f"index-{CODE_FINGERPRINT}.pickle"
@@ -218,11 +242,12 @@ class SnapshotFile:
             if path.stat().st_mtime < (self.mtime() or float("inf")):
                 return None
             with path.open("rb") as handle:
-                saved = pickle.load(handle)
+                saved = _IndexUnpickler(handle).load()
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - any unreadable cache means: rebuild it
-            log.warning("storage: ignoring unreadable index cache %s (%s)", path, type(exc).__name__)
+            log.warning("storage: ignoring unreadable index cache %s (%s: %s)", path, type(exc).__name__,
+                        str(exc)[:200])
             return None
         if not isinstance(saved, SavedIndex) or saved.code != CODE_FINGERPRINT:
             return None
