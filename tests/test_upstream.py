@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import socket
 
 import httpx
@@ -156,3 +157,28 @@ def test_first_page_is_fetched_conditionally_and_304_means_unchanged(upstream):
     assert upstream.requests[1]["headers"]["If-None-Match"] == upstream.requests_etag(0)
     upstream.items = upstream.items[1:]
     assert len(list(source.pages(first.validators))[0].papers) == 39  # changed: 200 with the new body
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def test_a_gzip_answer_is_inflated(upstream):
+    body = json.dumps(upstream.items[:3]).encode()
+    upstream.faults.append(Fault(body=_gzip(body), headers={"Content-Encoding": "gzip"}))
+    [page] = list(listing(upstream.url).pages())
+    assert [p.id for p in page.papers] == [i["paper"]["id"] for i in upstream.items[:3]]
+    assert upstream.requests[0]["headers"]["Accept-Encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("encoding, body, words", [
+    # (issue 17) gzip twice: 6.8 kB that httpx would have inflated to gigabytes before counting
+    ("gzip, gzip", _gzip(_gzip(b" " * 50_000_000)), "unsupported Content-Encoding 'gzip, gzip'"),
+    ("br", b"\x0b\x02\x80[]\x03", "unsupported Content-Encoding 'br'"),
+    ("gzip", _gzip(b"[" + b" " * 50_000_000 + b"]"), "response exceeds the 16777216-byte cap"),
+    ("gzip", _gzip(b"[]" * 1000)[:-20], "the gzip response is cut short"),
+])
+def test_compressed_answers_are_counted_as_they_inflate(upstream, encoding, body, words):
+    upstream.faults.append(Fault(body=body, headers={"Content-Encoding": encoding}))
+    with pytest.raises(UpstreamBadData, match=re.escape(words)):
+        list(listing(upstream.url).pages())
