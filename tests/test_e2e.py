@@ -45,16 +45,19 @@ def test_unreachable_upstream_starts_and_answers_503(tmp_path):
     proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": f"http://127.0.0.1:{port}/api/daily_papers"})
     try:
         deadline = time.time() + 20
-        while True:
+        reasons = []
+        while not reasons or "unreachable" not in reasons[-1]:
+            assert time.time() < deadline and proc.poll() is None, reasons
             try:
                 response = httpx.get(base + "/feed?q=x", timeout=15)
-                break
             except httpx.TransportError:
-                assert time.time() < deadline and proc.poll() is None
                 time.sleep(0.1)
-        assert response.status_code == 503
-        assert int(response.headers["retry-after"]) >= 1
-        assert "unreachable" in response.text
+                continue
+            # Every answer while there is no data: 503 at once, first "still running", then the reason.
+            assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+            reasons.append(response.text)
+            time.sleep(0.05)
+        assert all("still running" in r for r in reasons[:-1])
     finally:
         stop(proc)
 

@@ -162,6 +162,7 @@ def test_fifty_concurrent_cold_requests_cause_one_fetch(upstream, clock):
 
 def test_a_stalled_refresh_does_not_slow_readers(upstream, clock):
     store = store_for(upstream, clock, window_days=1000, background=True)
+    store.refresh_now()  # warm: fetched in this thread
     first = store.current()
     upstream.always = Fault(delay=1.5)
     clock.advance(1000)
@@ -231,7 +232,7 @@ def test_a_fetch_cut_short_is_never_revalidated(clock):
 def test_only_one_refresh_thread_starts_while_a_refresh_runs(upstream, clock, monkeypatch):
     """Every request during a slow refresh finds it due; one thread must do it, not one per request."""
     store = store_for(upstream, clock, window_days=1000, background=True)
-    store.current()  # cold: fetched in this thread
+    store.refresh_now()  # warm: fetched in this thread
     started = []
     start = threading.Thread.start
     monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), start(thread))[1])
@@ -244,3 +245,24 @@ def test_only_one_refresh_thread_starts_while_a_refresh_runs(upstream, clock, mo
     assert [t.name for t in refreshes] == ["feedproxy-refresh"]
     refreshes[0].join(timeout=10)
     assert len(upstream.requests) == 2
+
+
+def test_cold_requests_get_no_data_at_once_while_the_first_fetch_runs(upstream, clock, monkeypatch):
+    """(issue 17) In service a cold store holds no request thread: one background fetch, 503s meanwhile."""
+    upstream.faults.append(Fault(delay=1.5))
+    store = store_for(upstream, clock, window_days=1000, background=True)
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), start(thread))[1])
+    waited = []
+    for _ in range(20):
+        began = time.monotonic()
+        with pytest.raises(NoData) as err:
+            store.current()
+        waited.append(time.monotonic() - began)
+    assert max(waited) < 0.5 and err.value.retry_after == 5
+    assert "still running" in err.value.reason
+    fetches = [t for t in started if t.name == "feedproxy-first-fetch"]
+    assert len(fetches) == 1
+    fetches[0].join(timeout=10)
+    assert len(store.current().papers) == 40 and len(upstream.requests) == 1

@@ -176,7 +176,14 @@ class SnapshotStore:
         return snapshot
 
     def _wait_for_first(self) -> Snapshot:
-        # Every cold request queues on the same lock, so 50 of them cause one fetch.
+        if self.background:
+            # In service: never hold a request thread while nothing is held. The first fetch runs in
+            # one background thread; every request meanwhile gets NoData (503, Retry-After) at once.
+            if not self.state.backing_off(self.clock()) and not self._refresh_lock.locked():
+                threading.Thread(target=self._refresh_cold, name="feedproxy-first-fetch", daemon=True).start()
+            raise self._no_data()
+        # Without background refreshes (tests, the CLI): every cold request queues on the same lock,
+        # so 50 of them cause one fetch.
         if self._refresh_lock.acquire(timeout=COLD_START_WAIT_SECONDS):
             try:
                 # Only a backoff after a failure stops a cold worker from trying: not the
@@ -187,10 +194,23 @@ class SnapshotStore:
                 self._refresh_lock.release()
         if self._snapshot is not None:
             return self._snapshot
+        raise self._no_data()
+
+    def _no_data(self) -> NoData:
         reason = self.state.last_error or "the first fetch from the upstream is still running"
         if self.saved_snapshot_ignored:
             reason = f"{self.saved_snapshot_ignored}; {reason}"
-        raise NoData(reason, self.retry_after())
+        return NoData(reason, self.retry_after())
+
+    def _refresh_cold(self) -> None:
+        """The first fetch, in its own thread: a backoff stops it, not the pause after a busy lock."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return
+        try:
+            if self._snapshot is None and not self.state.backing_off(self.clock()):
+                self._refresh(wait=COLD_START_WAIT_SECONDS)
+        finally:
+            self._refresh_lock.release()
 
     def retry_after(self) -> int:
         """Seconds until the next refresh attempt, for Retry-After headers (at least 1)."""
