@@ -60,16 +60,21 @@ def load_corpus(path: Path) -> tuple[list[dict], str]:
 
 def valid_paper_count(items: list[dict]) -> int:
     """How many distinct papers feedproxy keeps from these items (what /healthz should report)."""
+    return len(valid_paper_ids(items))
+
+
+def valid_paper_ids(items: list[dict]) -> list[str]:
+    """The ids of the distinct papers feedproxy keeps from these items, in the corpus's order."""
     from feedproxy.errors import InvalidItem
     from feedproxy.upstream.papers import paper_from_item
 
-    ids = set()
+    ids: dict[str, None] = {}
     for item in items:
         try:
-            ids.add(paper_from_item(item).id)
+            ids.setdefault(paper_from_item(item).id)
         except InvalidItem:
             pass
-    return len(ids)
+    return list(ids)
 
 
 _STOPWORDS = frozenset(
@@ -142,6 +147,8 @@ class Gunicorn:
     stderr_path: Path
     started: float  # time.monotonic() just before the process was started
     env: dict = field(repr=False)
+    started_wall: float = 0.0  # the same moment as time.time(), to compare with the log's timestamps
+    first_feed_s: float | None = None  # seconds from start to the first 200 on /feed (wait_until_serving)
 
     @classmethod
     def start(cls, name: str, folder: Path, settings: dict, app: str = "wsgi:app") -> "Gunicorn":
@@ -151,14 +158,14 @@ class Gunicorn:
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env.update({"PORT": str(port), **settings})
         stdout_path, stderr_path = folder / f"{name}.access.log", folder / f"{name}.error.log"
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         # The command line's -b overrides the config file's 0.0.0.0: the benchmark stays on loopback.
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(
                 [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", app],
                 cwd=REPO, env=env, stdout=stdout, stderr=stderr,
             )
-        return cls(name, proc, f"http://127.0.0.1:{port}", stdout_path, stderr_path, started, env)
+        return cls(name, proc, f"http://127.0.0.1:{port}", stdout_path, stderr_path, started, env, started_wall)
 
     @property
     def threads(self) -> int:
@@ -211,7 +218,7 @@ class Gunicorn:
                 self.proc.wait()
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int | str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -261,14 +268,16 @@ def wait_until_serving(server: Gunicorn, expected: int, timeout: float = 180, st
     """Wait until /healthz reports ``expected`` papers ``streak`` times in a row; return seconds since start.
 
     /feed is asked too: a worker that lost the race for the refresh lock loads
-    its sibling's saved snapshot only when a feed is asked of it.
+    its sibling's saved snapshot only when a feed is asked of it. The first 200
+    on /feed is kept in ``server.first_feed_s``.
     """
     deadline = time.monotonic() + timeout
     in_a_row = 0
     while time.monotonic() < deadline:
         server.check_running()
         try:
-            get(server.base, "/feed?q=pretraining", timeout=30)
+            if get(server.base, "/feed?q=pretraining", timeout=30)[0] == 200 and server.first_feed_s is None:
+                server.first_feed_s = time.monotonic() - server.started
         except OSError:
             pass
         in_a_row = in_a_row + 1 if healthz_papers(server) == expected else 0
