@@ -190,3 +190,20 @@ def test_precision_and_recall_stay_above_their_floors(labelled, capsys):
         assert recall >= recall_floor, (method, recall)
     # Hybrid finds whatever the keyword finds.
     assert all(results["hybrid"][t][1] >= results["keyword"][t][1] for t in labelled[1])
+
+
+def test_the_index_fuses_rankings_as_reciprocal_rank_fusion_does(labelled):
+    """The index fuses BM25 and concept rankings over arrays; the scores are the reference function's."""
+    from feedproxy.search.concepts import reciprocal_rank_fusion
+
+    index, _ = labelled
+    query = parse_query("pretraining").matching("hybrid")
+    everything = len(index)
+    fused = [p.id for p in index.search(query, sort="relevance", limit=everything)]
+    keyword = [p.id for p in index.search(parse_query("pretraining"), sort="relevance", limit=everything)]
+    scores = index.concept_scores("pretraining")
+    numbers = {p.id: n for n, p in enumerate(index.papers)}
+    by_meaning = sorted(fused, key=lambda i: (-scores[numbers[i]], numbers[i]))
+    expected = reciprocal_rank_fusion([[numbers[i] for i in keyword], [numbers[i] for i in by_meaning]])
+    assert set(fused) == {index.papers[n].id for n in expected}
+    assert fused[:20] == [index.papers[n].id for n in expected][:20]  # no ties up there

@@ -257,7 +257,10 @@ def _top(scores: np.ndarray, k: int, min_similarity: float) -> list[tuple[int, f
     return [(int(rows[i]), float(scores[rows[i]])) for i in order]
 
 
-def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[int]:
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack, Clarke and Buettcher)
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
     """Merge rankings of the same items into one, by reciprocal rank fusion.
 
     Each item scores the sum, over the rankings that hold it, of 1 / (k + rank), with ranks

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from feedproxy.errors import ConceptsUnavailable
-from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, ConceptIndex, reciprocal_rank_fusion
+from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex
 from feedproxy.search.query import (
     And, Concept, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
 )
@@ -327,13 +327,26 @@ class PaperIndex:
         concepts = concept_leaves(root)
         if not concepts:
             return self._by_bm25(root, matches, limit)
-        # Keyword and concept scores are not comparable: fuse their rankings (reciprocal rank fusion).
-        numbers = list(_positions(matches))
-        rankings = [self._by_bm25(root, matches, len(numbers))] if positive_leaves(root) else []
+        # Keyword and concept scores are not comparable: fuse their rankings by reciprocal rank fusion
+        # (search.concepts.reciprocal_rank_fusion, done here over arrays: a similar= feed ranks a sixth
+        # of the window). Ties go to the newer paper. One ranking alone needs no fusing.
+        numbers = np.fromiter(_positions(matches), dtype=np.int64)
+        if not numbers.size:
+            return []
+        rankings = []
+        if positive_leaves(root):
+            by_bm25 = np.asarray(self._by_bm25(root, matches, numbers.size), dtype=np.int64)
+            rankings.append(np.searchsorted(numbers, by_bm25))  # positions in ``numbers``, best first
         for concept in concepts:
-            scores = search.concept_scores(concept)
-            rankings.append(sorted(numbers, key=lambda n: (-scores[n], n)))
-        return reciprocal_rank_fusion(rankings)[:limit]
+            scores = search.concept_scores(concept)[numbers]
+            rankings.append(np.lexsort((numbers, -scores)))
+        if len(rankings) == 1:
+            return numbers[rankings[0][:limit]].tolist()
+        fused = np.zeros(numbers.size)
+        shares = 1.0 / (RRF_K + np.arange(1, numbers.size + 1))
+        for ranking in rankings:
+            fused[ranking] += shares[: ranking.size]
+        return numbers[np.lexsort((numbers, -fused))[:limit]].tolist()
 
     def _by_bm25(self, root: Node | None, matches: int, limit: int) -> list[int]:
         # Column by column: str.count mapped over all matches runs in C, which
