@@ -227,3 +227,18 @@ def test_entries_are_rendered_once_and_again_only_when_the_paper_changes(items):
     changed = replace(paper, upvotes=paper.upvotes + 1)
     cache.get("atom", changed, render)
     assert len(calls) == 3  # another format, and changed data, are rendered anew
+
+
+def test_rss_descriptions_are_escaped_as_html(upstream, clock):
+    """(issue 17) Readers render <description> as HTML: "<swi>" in an abstract must show, "<script>" must not run."""
+    item = {"paper": {"id": "2608.00003", "title": "SWI", "summary": "We add a <swi> token; a <script>x</script> & b."},
+            "publishedAt": "2026-08-21T00:00:00Z"}
+    upstream.items = [item]
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    rss = etree.fromstring(client.get("/feed?format=rss").data)
+    description = rss.find("channel/item/description").text
+    assert description == "We add a &lt;swi&gt; token; a &lt;script&gt;x&lt;/script&gt; &amp; b."
+    summary = feedparser.parse(client.get("/feed?format=rss").data).entries[0].summary
+    assert "<swi>" in summary and "<script>" not in summary  # shown as text
+    atom = etree.fromstring(client.get("/feed").data)
+    assert atom.find(f"{{http://www.w3.org/2005/Atom}}entry/{{http://www.w3.org/2005/Atom}}summary").text == "We add a <swi> token; a <script>x</script> & b."

@@ -159,7 +159,11 @@ def _feed_entry(paper: Paper, dc_creator: bool = False) -> FeedEntry:
     for name in paper.authors:
         entry.author({"name": _text(name)})
     if paper.abstract:
-        entry.summary(_text(paper.abstract), type="text")
+        # RSS readers take <description> as HTML: escape the text as HTML too (for RSS alone: Atom says
+        # type="text"), or an abstract writing "<swi>" (15 corpus papers do) loses it, and "<script>"
+        # in a hostile one would be markup.
+        text = _text(paper.abstract)
+        entry.summary(escape(text, quote=False) if dc_creator else text, type="text")
     entry.content(entry_html(paper), type="html")
     for keyword in paper.ai_keywords:
         entry.category({"term": _text(keyword)})
