@@ -10,7 +10,7 @@ import pytest
 
 from feedproxy.app import create_app
 from feedproxy.store import files as storage
-from feedproxy.upstream.papers import paper_from_item
+from feedproxy.upstream.papers import Paper, paper_from_item
 from feedproxy.search.query import parse_query
 from feedproxy.errors import NoData
 from feedproxy.search.index import PaperIndex
@@ -36,6 +36,18 @@ def test_round_trip_keeps_every_field(tmp_path, items, clock):
     assert loaded.papers == papers and loaded.source == "src" and loaded.fetched_at == clock()
     assert [p.arxiv_published for p in loaded.papers] == [p.arxiv_published for p in papers]
     assert not list(tmp_path.glob(".snapshot-*"))  # no temporary file left behind
+
+
+def test_a_file_saved_before_the_newer_fields_loads_with_their_defaults(tmp_path, items, clock):
+    # Saved by the code of before issue 15: no organization_name, github_stars, submitter, author_users...
+    papers = tuple(paper_from_item(i) for i in items)
+    new_fields = ("organization_name", "organization_id", "github_stars", "submitter", "author_users")
+    old = [{k: v for k, v in storage._paper_to_json(p).items() if k not in new_fields} for p in papers]
+    document = {"format": 1, "source": "src", "fetched_at": clock().isoformat(), "papers": old}
+    (tmp_path / SNAPSHOT_NAME).write_bytes(gzip.compress(storage.json.dumps(document).encode()))
+    loaded = SnapshotFile(tmp_path).load()
+    defaults = {f: Paper.__dataclass_fields__[f].default for f in new_fields}
+    assert loaded.papers == tuple(dataclasses.replace(p, **defaults) for p in papers)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", gzip.compress(b"{not json"), gzip.compress(b'{"format": 99}'),

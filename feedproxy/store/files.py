@@ -103,7 +103,7 @@ def _paper_from_json(data: dict) -> Paper:
     data["arxiv_published"] = parse_timestamp(data.get("arxiv_published"))
     if data["published"] is None:
         raise ValueError(f"paper {data.get('id')!r} has no valid published date")
-    for name in ("authors", "ai_keywords"):
+    for name in ("authors", "ai_keywords", "author_users"):
         data[name] = tuple(data.get(name) or ())
     return Paper(**data)
 
