@@ -79,6 +79,19 @@ def upstream(items):
 
 
 @pytest.fixture
+def month_upstream():
+    """The fake upstream serving month_and_all_items(): five weeks with organisations, stars and submitters."""
+    fake = FakeUpstream(month_and_all_items()).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def month_client(month_upstream, clock):
+    return create_app(make_config(month_upstream.url), clock=clock).test_client()
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     # Just after the newest real sample (2026-08-21).
     return FakeClock(datetime(2026, 8, 21, 12, 0, tzinfo=timezone.utc))

@@ -109,11 +109,12 @@ def test_hostile_query_strings_get_a_clear_4xx(client, query_string, status, wor
         check_atom(response.data)
 
 
-PARAM_NAMES = st.sampled_from(["q", "limit", "min_upvotes", "days", "sort", "format", "x", "Q", "limit[]"])
+PARAM_NAMES = st.sampled_from(["q", "limit", "min_upvotes", "days", "sort", "format", "x", "Q", "limit[]", "top"])
 PARAM_VALUES = st.one_of(
     st.text(max_size=60),
     st.sampled_from(["0", "1", "50", "500", "501", "-1", "1e3", "date", "upvotes", "relevance", "rss", "json",
-                     '"a', "(a", "a OR", "-a", "title:", "author:x", "x" * 600, "NOT a"]),
+                     '"a', "(a", "a OR", "-a", "title:", "author:x", "x" * 600, "NOT a", "trending", "week", "month",
+                     "has:code", "stars>=5", "org:google -comments<1", "has:x"]),
     st.integers(-10**12, 10**12).map(str),
 )
 
