@@ -156,3 +156,25 @@ def test_first_page_is_fetched_conditionally_and_304_means_unchanged(upstream):
     assert upstream.requests[1]["headers"]["If-None-Match"] == upstream.requests_etag(0)
     upstream.items = upstream.items[1:]
     assert len(list(source.pages(first.validators))[0].papers) == 39  # changed: 200 with the new body
+
+
+TOKEN = "hf_TestTokenNotARealOne123"
+
+
+def test_a_token_is_sent_as_a_bearer_token_and_none_without_one(upstream):
+    list(listing(upstream.url, token=TOKEN).pages())
+    list(listing(upstream.url).pages())
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in upstream.requests[1]["headers"]
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_origin(upstream, items):
+    other = FakeUpstream(items).start()  # another port: another origin
+    try:
+        upstream.faults.append(Fault(status=302, body=b"", headers={"Location": other.url + "?p=0&limit=100"}))
+        pages = list(listing(upstream.url, token=TOKEN).pages())
+    finally:
+        other.stop()
+    assert len(pages[0].papers) == 40
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in other.requests[0]["headers"]
