@@ -207,7 +207,9 @@ class PaperIndex:
             found = self._ordered(query.root, search.matches(query.root), sort, limit, trending_at)
         return [self.papers[n] for n in found]
 
-    def _ordered(self, root: Node | None, matches: int, sort: str, limit: int, trending_at: datetime | None) -> list[int]:
+    def _ordered(
+        self, root: Node | None, matches: int, sort: str, limit: int, trending_at: datetime | None
+    ) -> list[int]:
         """The first ``limit`` of ``matches`` in ``sort`` order."""
         if sort == "date":
             return list(itertools.islice(_positions(matches), limit))
