@@ -25,7 +25,8 @@ from feedproxy.store.snapshot import Snapshot
 from feedproxy.upstream.daily_papers import FileListing
 
 # How the papers shown are chosen, for "showing the newest 50".
-_FIRST_BY_SORT = {"date": "newest", "upvotes": "most upvoted", "relevance": "most relevant"}
+_FIRST_BY_SORT = {"date": "newest", "upvotes": "most upvoted", "relevance": "most relevant",
+                  "trending": "most trending"}
 
 
 def _papers_from_listing(path: str):

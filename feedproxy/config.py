@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -81,6 +81,7 @@ SETTINGS = (
     "FEEDPROXY_DATA_DIR",
     "FEEDPROXY_FEEDS",
     "FEEDPROXY_ALLOW_URL_HOSTS",
+    "FEEDPROXY_HF_TOKEN",
 )
 
 DEFAULT_SOURCE = "hf-daily"
@@ -120,6 +121,27 @@ def parse_allowed_hosts(raw: str) -> frozenset[str]:
         raise ConfigError(f"FEEDPROXY_ALLOW_URL_HOSTS entry {exc}") from None
 
 
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,1000}$")  # printable ASCII, no whitespace
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def check_hf_token(token: str, upstream_url: str) -> str | None:
+    """Accept a Hugging Face access token (empty: none); it goes only to the upstream, over https or loopback.
+
+    Messages never repeat the token: they end up in logs and on the terminal.
+    """
+    if not token:
+        return None
+    if not _TOKEN.match(token):
+        raise ConfigError("FEEDPROXY_HF_TOKEN must be one word of printable ASCII characters (no spaces or line "
+                          "breaks, at most 1000), as Hugging Face access tokens are (hf_...)")
+    parts = urlsplit(upstream_url)
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise ConfigError(f"FEEDPROXY_HF_TOKEN would be sent in the clear to {parts.hostname}: it is sent only over "
+                          "https:// (or to a loopback address), so give FEEDPROXY_UPSTREAM_URL as https://")
+    return token
+
+
 def check_data_dir(path: str) -> str:
     """Create the data folder if needed; refuse one that cannot be created or written."""
     folder = Path(path).expanduser()
@@ -147,6 +169,9 @@ class Config:
     data_dir: str | None = None  # None: keep the snapshot in memory only (tests); from_env always sets it
     feeds: tuple[tuple[str, str], ...] = ()  # (name, url) of extra RSS/Atom sources
     allow_url_hosts: frozenset[str] = frozenset()  # empty: /feed?url= is disabled
+    # Sent as a bearer token to FEEDPROXY_UPSTREAM_URL only (the API's rate limit is higher with one);
+    # never in a repr, so never in a log line or a traceback's locals.
+    hf_token: str | None = field(default=None, repr=False)
     background_refresh: bool = True
     # Refresh in a child process (feedproxy.refresher) when there is a data folder; from_env
     # turns it on. Off by default so tests with an injected clock refresh in-process.
@@ -167,8 +192,9 @@ class Config:
         unknown = sorted(k for k in env if k.startswith("FEEDPROXY_") and k not in SETTINGS)
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]}: known settings are {', '.join(SETTINGS)}")
+        upstream_url = check_upstream_url(env.get("FEEDPROXY_UPSTREAM_URL") or DEFAULT_UPSTREAM_URL)
         return cls(
-            upstream_url=check_upstream_url(env.get("FEEDPROXY_UPSTREAM_URL") or DEFAULT_UPSTREAM_URL),
+            upstream_url=upstream_url,
             window_days=_int_setting(env, "FEEDPROXY_WINDOW_DAYS", 30, 1, 3650),
             refresh_seconds=_int_setting(env, "FEEDPROXY_REFRESH_SECONDS", 900, 60, 86400),
             connect_timeout=_float_setting(env, "FEEDPROXY_CONNECT_TIMEOUT", 5.0, 0.1, 60),
@@ -179,5 +205,6 @@ class Config:
             data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
             feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),
             allow_url_hosts=parse_allowed_hosts(env.get("FEEDPROXY_ALLOW_URL_HOSTS", "")),
+            hf_token=check_hf_token(env.get("FEEDPROXY_HF_TOKEN", ""), upstream_url),
             refresh_in_subprocess=True,
         )

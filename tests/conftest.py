@@ -24,9 +24,22 @@ def load_items(name: str) -> list[dict]:
 
 
 def all_items() -> list[dict]:
-    """Every real item we ship, newest first, as the API lists them without date=."""
+    """Every real item of the three days we ship, newest first, as the API lists them without date=."""
     items = [i for f in sorted(DAILY.glob("*.json")) for i in json.loads(f.read_text(encoding="utf-8"))]
     return sorted(items, key=lambda i: i["publishedAt"], reverse=True)
+
+
+MONTH = DAILY / "month" / "2026-07-20_2026-08-18.json"
+
+
+def month_items() -> list[dict]:
+    """The most upvoted real item of each day from 2026-07-20 to 2026-08-18, newest first (30 items)."""
+    return json.loads(MONTH.read_text(encoding="utf-8"))
+
+
+def month_and_all_items() -> list[dict]:
+    """all_items() and month_items() as one listing, newest first: 70 items over five weeks and more."""
+    return sorted(all_items() + month_items(), key=lambda i: i["publishedAt"], reverse=True)
 
 
 class FakeClock:
@@ -63,6 +76,19 @@ def upstream(items):
     fake = FakeUpstream(items).start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def month_upstream():
+    """The fake upstream serving month_and_all_items(): five weeks with organisations, stars and submitters."""
+    fake = FakeUpstream(month_and_all_items()).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def month_client(month_upstream, clock):
+    return create_app(make_config(month_upstream.url), clock=clock).test_client()
 
 
 @pytest.fixture

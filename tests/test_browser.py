@@ -151,6 +151,13 @@ def test_typing_previews_the_papers_that_the_feed_url_serves(open_tab, server):
     assert feed_ids(page.input_value("#feed-url")) == previewed
     assert 1 <= len(tab.preview_requests) <= 3  # debounced: not one request per keystroke (16 keys)
     assert page.url == f"{server}/?q=video%20generation"  # the address can be shared and reloaded
+    # The chart is redrawn for the new query: what the server draws for it, bar for bar.
+    chart = httpx.get(f"{server}/preview.json", params={"q": "video generation"}, timeout=10).json()["chart"]
+    expect(page.locator("#chart-summary")).to_have_text(chart["summary"])
+    bars = page.locator("#chart rect").evaluate_all(
+        "rects => rects.map(r => [parseFloat(r.getAttribute('x')), parseFloat(r.getAttribute('height')), r.textContent])")
+    assert bars == [[b["x"], b["height"], b["label"]] for b in chart["bars"]] and bars
+    assert page.locator("#chart-rows tr").count() == len(chart["bars"])
 
     page.select_option("#sort", "upvotes")
     page.fill("#limit", "3")
@@ -164,9 +171,14 @@ def test_typing_previews_the_papers_that_the_feed_url_serves(open_tab, server):
     example = page.locator("a.example").first
     assert example.get_attribute("href") == "/?q=pretraining+-survey&sort=upvotes&format=json&limit=3"
     ranked = tab.papers()
+    metas = page.locator("#papers .meta").evaluate_all("m => m.map(e => e.textContent.replace(/\\s+/g, ' ').trim())")
+    assert any(" · code (" in meta for meta in metas)  # organisation, code and stars, drawn by page.js
+    summary = page.text_content("#chart-summary")
 
     page.reload()  # the server renders the same state from the address alone
     assert tab.papers() == ranked and page.input_value("#limit") == "3"
+    assert page.locator("#papers .meta").evaluate_all("m => m.map(e => e.textContent.replace(/\\s+/g, ' ').trim())") == metas
+    assert page.text_content("#chart-summary") == summary
 
 
 def test_an_invalid_query_shows_the_feeds_message_next_to_the_box(open_tab, server):
@@ -256,6 +268,12 @@ def test_without_javascript_the_form_still_previews_and_gives_the_url(open_tab, 
     assert page.url.startswith(f"{server}/?q=benchmark&min_upvotes=5&")
     assert page.input_value("#feed-url") == f"{server}/feed?q=benchmark&min_upvotes=5"
     assert tab.papers() and tab.papers() == feed_ids(page.input_value("#feed-url"))
+    # The chart of matches per week is drawn by the server: visible, with bars, described in words.
+    assert page.is_visible("#chart") and page.get_attribute("#chart", "role") == "img"
+    box = page.locator("#chart").bounding_box()
+    assert box and box["width"] > 100 and box["height"] > 20
+    assert page.locator("#chart rect").count() >= 1
+    assert page.text_content("#chart-summary").endswith(".") and "matching in the" in page.text_content("#chart-summary")
 
 
 def test_fits_a_phone_screen(open_tab, server):

@@ -45,3 +45,11 @@ def test_errors_are_one_line_with_an_exit_status(tmp_path, capsys):
     assert "no saved snapshot" in capsys.readouterr().err
     assert main(["query", "x", "--from", str(tmp_path / "missing.json")]) == 1
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_every_sort_can_be_asked_for_with_a_limit(capsys):
+    # The summary names the order of each sort: every one must have a name (trending once had none).
+    for sort, shown in (("date", "newest"), ("upvotes", "most upvoted"), ("relevance", "most relevant"),
+                        ("trending", "most trending")):
+        assert main(["query", "has:code", "--from", str(DAILY / "2026-08-21.json"), "--sort", sort, "--limit", "2"]) == 0
+        assert f"12 of 17 papers match 'has:code'; showing the {shown} 2 (--limit)" in capsys.readouterr().err

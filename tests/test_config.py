@@ -45,6 +45,9 @@ def test_values_are_read(tmp_path):
         ("FEEDPROXY_FEEDS", "a=https://x.org/1,a=https://x.org/2", "used twice"),
         ("FEEDPROXY_FEEDS", "Bad Name=https://x.org/1", "must be 1 to 40 of"),
         ("FEEDPROXY_ALLOW_URL_HOSTS", "http://x.org/path", "is not a host name"),
+        ("FEEDPROXY_HF_TOKEN", "hf_two words", "one word of printable ASCII"),
+        ("FEEDPROXY_HF_TOKEN", "hf_line\nbreak", "one word of printable ASCII"),
+        ("FEEDPROXY_HF_TOKEN", "hf_\u00e9t\u00e9", "one word of printable ASCII"),
     ],
 )
 def test_bad_values_name_the_setting(name, value, words):
@@ -69,3 +72,29 @@ def test_every_documented_setting_is_in_the_readme():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     for name in SETTINGS + ("PORT", "WEB_CONCURRENCY"):
         assert f"`{name}`" in readme, name
+
+
+TOKEN = "hf_TestTokenNotARealOne123"
+
+
+def test_the_token_is_read_and_kept_out_of_every_repr():
+    config = Config.from_env({"FEEDPROXY_HF_TOKEN": TOKEN})
+    assert config.hf_token == TOKEN
+    assert TOKEN not in repr(config) and TOKEN not in str(config)
+    assert Config.from_env({"FEEDPROXY_HF_TOKEN": ""}).hf_token is None
+
+
+@pytest.mark.parametrize("value", ["hf_two words " + TOKEN, TOKEN + "\u00e9"])
+def test_a_bad_token_is_not_repeated_in_the_message(value):
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({"FEEDPROXY_HF_TOKEN": value})
+    assert TOKEN not in str(err.value)
+
+
+def test_the_token_is_sent_only_over_https_or_to_loopback():
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({"FEEDPROXY_HF_TOKEN": TOKEN, "FEEDPROXY_UPSTREAM_URL": "http://mirror.example/api/daily_papers"})
+    assert str(err.value) == ("FEEDPROXY_HF_TOKEN would be sent in the clear to mirror.example: it is sent only over "
+                              "https:// (or to a loopback address), so give FEEDPROXY_UPSTREAM_URL as https://")
+    loopback = Config.from_env({"FEEDPROXY_HF_TOKEN": TOKEN, "FEEDPROXY_UPSTREAM_URL": "http://127.0.0.1:9/api"})
+    assert loopback.hf_token == TOKEN

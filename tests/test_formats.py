@@ -172,12 +172,24 @@ def test_rich_entry_content(client, fmt):
         '<a href="https://huggingface.co/papers/2608.19880">Hugging Face</a>',
         '<a href="https://arxiv.org/abs/2608.19880">arXiv</a>',
         '<a href="https://arxiv.org/pdf/2608.19880">PDF</a>',
-        '<a href="https://github.com/google-research/envharness">GitHub</a>',
+        '<a href="https://github.com/google-research/envharness">GitHub</a> (8 stars) · ',
         '<a href="https://envharness.com/">Project page</a>',
     ):
         assert expected in html, expected
     # feedparser sanitises and reorders attributes; the thumbnail must survive as an image.
     assert re.search(r'<img [^>]*src="https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2608.19880.png"', html)
+
+
+def test_stars_follow_the_github_link_when_known():
+    from feedproxy.render.formats import entry_html
+    from feedproxy.upstream.papers import paper_from_item
+
+    from .conftest import load_items
+
+    by_id = {i["paper"]["id"]: paper_from_item(i) for i in load_items("2025-06-12") + load_items("2026-08-21")}
+    assert '<a href="https://github.com/erjui/PolicyGuide">GitHub</a> (0 stars)' in entry_html(by_id["2608.19861"])
+    # Mid-2025 items have a repository and no count: nothing is made up.
+    assert '<a href="https://github.com/Hambaobao/SWE-Flow">GitHub</a></p>' in entry_html(by_id["2506.09003"])
 
 
 def test_upstream_markup_is_escaped_in_content(upstream, clock):
@@ -239,6 +251,8 @@ def test_rss_descriptions_are_escaped_as_html(upstream, clock):
     description = rss.find("channel/item/description").text
     assert description == "We add a &lt;swi&gt; token; a &lt;script&gt;x&lt;/script&gt; &amp; b."
     summary = feedparser.parse(client.get("/feed?format=rss").data).entries[0].summary
-    assert "<swi>" in summary and "<script>" not in summary  # shown as text
+    # What a reader renders as HTML: the text with its angle brackets, no element.
+    assert summary == "We add a &lt;swi&gt; token; a &lt;script&gt;x&lt;/script&gt; &amp; b."
     atom = etree.fromstring(client.get("/feed").data)
-    assert atom.find(f"{{http://www.w3.org/2005/Atom}}entry/{{http://www.w3.org/2005/Atom}}summary").text == "We add a <swi> token; a <script>x</script> & b."
+    atom_summary = atom.find("{http://www.w3.org/2005/Atom}entry/{http://www.w3.org/2005/Atom}summary").text
+    assert atom_summary == "We add a <swi> token; a <script>x</script> & b."

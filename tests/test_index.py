@@ -218,7 +218,7 @@ def test_fixtures_load():
     assert len(REAL_PAPERS) == 40
 
 
-@pytest.mark.parametrize("sort", ["date", "upvotes", "relevance"])
+@pytest.mark.parametrize("sort", ["date", "upvotes", "relevance", "trending"])
 @pytest.mark.parametrize(("query", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_query_finds_expected_papers(index, query, expected, sort):
     found = search_ids(index, query, sort=sort)
@@ -351,7 +351,7 @@ def test_filters_and_sorts_combine(index):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("sort", ["date", "upvotes", "relevance"])
+@pytest.mark.parametrize("sort", ["date", "upvotes", "relevance", "trending"])
 def test_limit(index, sort):
     everything = search_ids(index, "agent OR pretraining", sort=sort)
     assert len(everything) == len(AGENT | PRETRAIN)
@@ -380,3 +380,116 @@ def test_empty_index():
     assert len(empty) == 0
     assert empty.search(parse_query("agent")) == []
     assert empty.search(parse_query(""), min_upvotes=3, sort="upvotes") == []
+
+
+# --- Issue 15: organisation, submitter, author user names, has:, comparisons, trending, top ---------------
+
+MONTH_PAPERS = [paper_from_item(item) for item in json.loads((FIXTURES / "month" / "2026-07-20_2026-08-18.json").read_text())]
+# HAND-BUILT: the words of its organisation's name in its text, but side by side only in the organisation.
+ANT_COLONY = Paper(id="2603.00010", title="Research on how an ant colony forages", published=_utc(2026, 3, 1),
+                   organization="Ant Research", organization_name="AntResearch")
+
+
+# Worked out from the fixtures' JSON (organization, githubRepo, githubStars, projectPage, numComments,
+# submittedOnDailyBy, authors[].user), never by running the index.
+TENCENT = {"2607.24223", "2608.15265", "2608.19758", "2608.15930", "2608.20336"}  # tencent and Tencent-Hunyuan
+FIELD_CASES = [
+    ("org:google", {"2608.19880"}),
+    ("org:Google", {"2608.19880"}),
+    ("org:5e6aca39878b8b2bf9806447", {"2608.19880"}),  # the organisation's id
+    ("org:tencent", TENCENT),  # name "tencent", and "Tencent-Hunyuan" in parts
+    ("org:Tencent-Hunyuan", {"2608.15930", "2608.20336"}),
+    ('org:"tencent hunyuan"', {"2608.15930", "2608.20336"}),  # its display name
+    ('org:"University of Illinois at Urbana-Champaign"', {"2608.06867", "2608.12307"}),
+    ("org:uiuc-cs", {"2608.06867", "2608.12307"}),
+    ("org:ustc", {"2608.18580"}),
+    ("ustc OR google OR tencent", set()),  # bare words do not search the organisation
+    ('"ant research"', set()),  # nor do phrases
+    ('org:"ant research"', {"2608.20335", ANT_COLONY.id}),
+    ("ant research", {ANT_COLONY.id}),
+    ("submitter:taesiri", {"2607.28624", "2608.03974", "2608.04436", "2608.19880", "2608.19891"}),
+    ("taesiri", set()),  # nor the submitter
+    ("author:xidulu", {"2608.08888"}),  # a user name: the author is "Dulhan Jayalath"
+    ("author:bzheng", {"2405.15738"}),  # "Bo Zheng"
+    ("-submitter:taesiri org:google", set()),
+    ("has:project -has:code", {"2506.09113", "2506.09350", "2506.09995", "2607.25895", "2608.02023", "2608.09802"}),
+    ("stars>=100", {"2608.06867", "2608.08311", "2608.16590"}),  # 2341, 1056, 152
+    ("stars>99 -stars>1000", {"2608.16590"}),
+    ("stars=0", {"2607.19139", "2608.19861"}),
+    ("stars<=0", {"2607.19139", "2608.19861"}),  # not the papers without a repository
+    ("stars<2", {"2607.19139", "2607.21461", "2608.17253", "2608.19758", "2608.19861", "2608.19863", "2608.19936",
+                 "2608.20202"}),
+    ("stars>20 stars<=40", {"2607.21655", "2607.24223", "2607.26760", "2608.03974", "2608.13489", "2608.15265"}),
+    ("comments>=3", {"2405.15682", "2405.15738", "2607.21655", "2607.28956", "2608.02023", "2608.08888", "2608.20335"}),
+    ("comments=2 org:tencent", {"2607.24223"}),
+    ("comments<1 has:code", {"2607.28624", "2608.03974", "2608.19863"}),
+    ("org:tencent (stars>=20 OR has:project)", {"2607.24223", "2608.15265", "2608.15930", "2608.20336"}),
+]
+
+
+@pytest.fixture(scope="module")
+def month_index() -> PaperIndex:
+    return PaperIndex(REAL_PAPERS + MONTH_PAPERS + [ANT_COLONY])
+
+
+@pytest.mark.parametrize("sort", ["date", "upvotes", "relevance", "trending"])
+@pytest.mark.parametrize(("query", "expected"), FIELD_CASES, ids=[case[0] for case in FIELD_CASES])
+def test_fields_and_filters_find_expected_papers(month_index, query, expected, sort):
+    found = search_ids(month_index, query, sort=sort)
+    assert len(found) == len(set(found))
+    assert set(found) == expected
+    assert month_index.count(parse_query(query)) == len(expected)
+
+
+def test_has_code_and_its_negation_split_every_paper(month_index):
+    with_code = set(search_ids(month_index, "has:code"))
+    assert len(with_code) == 38
+    without = set(search_ids(month_index, "comments>=0 -has:code"))  # comments>=0: every paper
+    assert with_code.isdisjoint(without) and len(with_code | without) == len(month_index) == 40 + 30 + 1
+    # Without a repository a paper has no stars to compare: stars>=0 is has:code where the count is known.
+    assert set(search_ids(month_index, "stars>=0")) == with_code - {"2506.08889", "2506.09003", "2506.09790",
+                                                                     "2506.08001"}
+
+
+# HAND-BUILT: upvotes and listing times chosen so that trending, upvotes and date give three orders.
+_T = _utc(2026, 3, 10, 12)
+TRENDING = [
+    Paper(id="2603.00001", title="Kestrel A", published=_T, upvotes=10),  # 10 / 2 (at least 2 h) = 5
+    Paper(id="2603.00002", title="Kestrel B", published=_T - timedelta(hours=1), upvotes=9),  # 9 / 2 = 4.5
+    Paper(id="2603.00003", title="Kestrel C", published=_T - timedelta(hours=10), upvotes=60),  # 6
+    Paper(id="2603.00004", title="Kestrel D", published=_T - timedelta(hours=24), upvotes=96),  # 4
+    Paper(id="2603.00005", title="Kestrel E", published=_T - timedelta(hours=48), upvotes=300),  # 6.25
+    Paper(id="2603.00006", title="Kestrel F", published=_T - timedelta(hours=3), upvotes=12),  # 4, newer than D
+]
+
+
+def test_trending_is_upvotes_per_hour_since_listed_counted_to_the_newest_paper():
+    index = PaperIndex(TRENDING)
+    assert search_ids(index, "kestrel", sort="trending") == [
+        "2603.00005", "2603.00003", "2603.00001", "2603.00002", "2603.00006", "2603.00004"]
+    assert search_ids(index, "kestrel", sort="upvotes") == [
+        "2603.00005", "2603.00004", "2603.00003", "2603.00006", "2603.00001", "2603.00002"]
+    # Counted to a later moment (the newest paper of several sources), 12 hours on: E 300 / 60 = 5,
+    # C 60 / 22 = 2.73, D 96 / 36 = 2.67, A 10 / 12 = 0.83, F 12 / 15 = 0.8, B 9 / 13 = 0.69.
+    later = search_ids(index, "kestrel", sort="trending", trending_at=_T + timedelta(hours=12))
+    assert later == ["2603.00005", "2603.00003", "2603.00004", "2603.00001", "2603.00006", "2603.00002"]
+
+
+def test_top_keeps_the_most_upvoted_matches_in_the_order_asked(month_index):
+    since = _utc(2026, 8, 13, 4, 2, 55)  # seven days before the newest paper (2026-08-20T04:02:55Z)
+    by_upvotes = ["2608.19880", "2608.16590", "2608.17253"]  # 163, 92, 74
+    assert search_ids(month_index, "", since=since, sort="upvotes", top=True)[:3] == by_upvotes
+    assert [p.id for p in month_index.search(parse_query(""), since=since, top=True, limit=3)] == [
+        "2608.19880", "2608.17253", "2608.16590"]  # sort=date: the same three, newest first
+    assert [p.id for p in month_index.search(parse_query(""), since=since, top=True, limit=3,
+                                             sort="upvotes")] == by_upvotes
+    # Without top, the newest three, whatever their upvotes.
+    assert [p.id for p in month_index.search(parse_query(""), since=since, limit=3)] == [
+        "2608.19758", "2608.20336", "2608.20335"]
+
+
+def test_count_since_counts_the_matches_listed_at_or_after_each_moment(month_index):
+    moments = [_utc(2026, 8, 17), _utc(2026, 8, 10), _utc(2026, 8, 3), _utc(2030, 1, 1)]
+    # has:code, from Monday 2026-08-17: 2608.17426, 2608.17253 of the month and 10 of the 2026-08-21 file
+    # (its 2608.13210 and 2608.14022 were listed on 08-12 and 08-14); from 08-10, 7 more; from 08-03, 4 more.
+    assert month_index.count_since(parse_query("has:code"), moments) == [12, 19, 23, 0]

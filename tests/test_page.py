@@ -7,6 +7,7 @@ otherwise, also while no papers are loaded (it says so, and why).
 
 import json
 import re
+from datetime import datetime, timedelta, timezone
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -54,7 +55,7 @@ def test_page_explains_itself_with_a_labelled_form(client):
     form = by_id(doc, "feed-form")
     assert form.get("method") == "get" and form.get("action") == "/"
     controls = form.xpath(".//input[not(@type='hidden')] | .//select")
-    assert sorted(c.get("name") for c in controls) == ["days", "format", "limit", "match", "min_upvotes", "q", "sort"]
+    assert sorted(c.get("name") for c in controls) == ["days", "format", "limit", "match", "min_upvotes", "q", "sort", "top"]
     labels = set(doc.xpath("//label/@for"))
     assert all(c.get("id") in labels for c in controls)  # every control has a label
     assert by_id(doc, "feed-url").get("value") == "http://localhost/feed"
@@ -112,21 +113,32 @@ def test_server_side_preview_lists_exactly_what_the_feed_lists(client, query):
     assert (f"{len(expected)} paper" in status) if expected else ("No papers match" in status)
 
 
-def test_preview_shows_each_papers_date_and_upvotes(client):
+def test_preview_shows_each_papers_date_upvotes_organisation_and_code(client):
     _, doc = get_page(client, "q=4DAnyone")
     (item,) = doc.xpath('//ol[@id="papers"]/li')
     title = "4DAnyone: Create Anyone in 4D from a Casual Monocular Video"
     assert item.find("a").text_content() == title and item.find("a/mark").text == "4DAnyone"  # the word found
     assert item.find("a").get("href") == "https://huggingface.co/papers/2608.20335"
     assert item.xpath(".//time/@datetime") == ["2026-08-19T20:00:00+00:00"]
-    assert re.sub(r"\s+", " ", item.find("span").text_content()) == "2026-08-19 · 38 upvotes · more like this"
+    text = "2026-08-19 · 38 upvotes · Ant Research · code (20 stars) · more like this"
+    assert re.sub(r"\s+", " ", item.find("span").text_content()) == text
+    assert item.xpath('.//a[@class="code"]/@href') == ["https://github.com/ant-research/4DAnyone"]
     why = '"4danyone" in title, abstract'
     assert item.find('span[@class="why"]').text == why
     data = json.loads(client.get("/preview.json?q=4DAnyone").data)
     assert data["papers"] == [{"id": "2608.20335", "title": title, "url": item.find("a").get("href"),
-                               "published": "2026-08-19T20:00:00Z", "upvotes": 38,
+                               "published": "2026-08-19T20:00:00Z", "upvotes": 38, "organization": "Ant Research",
+                               "github_repo": "https://github.com/ant-research/4DAnyone", "github_stars": 20,
                                "title_parts": [["4DAnyone", True], [title[8:], False]], "why": why,
                                "similar_url": "/?similar=2608.20335"}]
+
+
+def test_preview_rows_without_organisation_or_code_show_neither(client):
+    _, doc = get_page(client, "q=Seedance")  # 2506.09113: mid-2025, a project page only
+    (item,) = doc.xpath('//ol[@id="papers"]/li')
+    assert re.sub(r"\s+", " ", item.find("span").text_content()) == "2025-06-10 · 24 upvotes · more like this"
+    (paper,) = json.loads(client.get("/preview.json?q=Seedance").data)["papers"]
+    assert (paper["organization"], paper["github_repo"], paper["github_stars"]) == (None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +233,7 @@ def test_request_text_is_escaped_in_the_page(client):
     assert doc.xpath("//script") == doc.xpath("//script[@src]")  # only our own script element
     attribute = 'model "><svg onload=alert(1)>"'  # a valid query that would close an attribute
     response, doc = get_page(client, "q=model+%22%3E%3Csvg+onload%3Dalert%281%29%3E%22")
-    assert response.status_code == 200 and not doc.xpath("//svg")
+    assert response.status_code == 200 and doc.xpath("//svg/@id") == ["chart"]  # the chart's, no other
     assert by_id(doc, "q").get("value") == attribute
     assert by_id(doc, "feed-url").get("value") == "http://localhost/feed?q=model%20%22%3E%3Csvg%20onload%3Dalert%281%29%3E%22"
 
@@ -324,9 +336,88 @@ def test_opml_refuses_bad_requests_saying_why(client, query, status, words):
 def test_syntax_examples_keep_the_chosen_format_limit_and_upvotes(client):
     _, doc = get_page(client, "q=agents&format=rss&limit=7&min_upvotes=3&source=hf-daily")
     links = doc.xpath("//a[@class='example']")
-    assert len(links) == 7
+    assert len(links) == 9
     assert links[0].get("href") == "/?q=pretraining%20-survey&format=rss&limit=7&min_upvotes=3&source=hf-daily"
     for link in links:
         _, followed = get_page(client, link.get("href").removeprefix("/?"))
         assert by_id(followed, "q").get("value") == link.get("data-q")
         assert by_id(followed, "feed-url").get("value").endswith("min_upvotes=3&format=rss&limit=7")
+
+
+# --- The chart of matching papers per week ------------------------------------------
+
+
+def chart_weeks(doc) -> list[tuple[str, int]]:
+    """The text fallback of the chart: (Monday, papers) of each week with matches."""
+    return [(row[0].text, int(row[1].text)) for row in by_id(doc, "chart-rows").findall("tr")]
+
+
+def test_the_chart_counts_matching_papers_per_week_without_javascript(month_client):
+    from .conftest import month_and_all_items
+
+    response, doc = get_page(month_client, "q=has:code&days=30")
+    assert response.status_code == 200
+    # Worked out from the JSON: papers with a repository from 2026-07-21T04:02:55Z (30 days before the
+    # newest), by the Monday of the week they were listed in.
+    weeks: dict[str, int] = {}
+    for item in month_and_all_items():
+        listed = datetime.fromisoformat(item["publishedAt"].replace("Z", "+00:00"))
+        if item["paper"].get("githubRepo") and listed >= datetime(2026, 7, 21, 4, 2, 55, tzinfo=timezone.utc):
+            monday = (listed.date() - timedelta(days=listed.weekday())).isoformat()
+            weeks[monday] = weeks.get(monday, 0) + 1
+    assert chart_weeks(doc) == sorted(weeks.items()) == [
+        ("2026-07-20", 5), ("2026-07-27", 5), ("2026-08-03", 4), ("2026-08-10", 7), ("2026-08-17", 12)]
+    chart = by_id(doc, "chart")
+    assert chart.get("role") == "img" and chart.get("aria-labelledby") == "chart-title"
+    summary = ("33 papers matching in the 5 weeks from 2026-07-20 to 2026-08-17; the most, 12, in the week of "
+               "2026-08-17.")
+    assert by_id(doc, "chart-title").text == by_id(doc, "chart-summary").text == summary
+    bars = chart.findall("rect")
+    assert [b.findtext("title") for b in bars] == [f"week of {w}: {n} papers" for w, n in sorted(weeks.items())]
+    # The busiest week is full height; the others in proportion: 5 of 12 is 25 of 60.
+    assert [float(b.get("height")) for b in bars] == [25.0, 25.0, 20.0, 35.0, 60.0]
+    assert [float(b.get("y")) + float(b.get("height")) for b in bars] == [60.0] * 5
+    assert not doc.xpath("//*[@style]")  # the Content-Security-Policy allows no inline style
+    data = json.loads(month_client.get("/preview.json?q=has:code&days=30").data)["chart"]
+    assert data["summary"] == summary and [(b["week"], b["count"]) for b in data["bars"]] == chart_weeks(doc)
+    assert [b["height"] for b in data["bars"]] == [25.0, 25.0, 20.0, 35.0, 60.0]
+
+
+def test_the_chart_spans_every_week_held_with_gaps_for_weeks_without_matches(month_client):
+    _, doc = get_page(month_client, "q=org:tencent")
+    # 2607.24223 (week of 07-20), 2608.15265 and 2608.15930 (08-10), 2608.19758 and 2608.20336 (08-17).
+    assert chart_weeks(doc) == [("2026-07-20", 1), ("2026-08-10", 2), ("2026-08-17", 2)]
+    summary = by_id(doc, "chart-summary").text
+    # From the oldest paper held (2024-05-27) to the newest: 117 weeks.
+    assert summary == ("5 papers matching in the 117 weeks from 2024-05-27 to 2026-08-17; the most, 2, in the "
+                       "week of 2026-08-17.")
+    xs = [float(rect.get("x")) for rect in by_id(doc, "chart").findall("rect")]
+    slot = 600 / 117
+    assert xs == [round(n * slot + slot * 0.1, 2) for n in (112, 115, 116)]
+
+
+def test_the_chart_follows_top_and_says_when_nothing_matches(month_client):
+    _, doc = get_page(month_client, "top=week")
+    # Every paper from 2026-08-13T04:02:55Z: four of the month and 2608.14022 in the week of 08-10, two of the
+    # month and 14 of the 2026-08-21 file in that of 08-17.
+    assert chart_weeks(doc) == [("2026-08-10", 5), ("2026-08-17", 16)]
+    _, doc = get_page(month_client, "q=zzyzx")
+    assert chart_weeks(doc) == [] and by_id(doc, "chart").findall("rect") == []
+    assert by_id(doc, "chart-summary").text == "No matching papers in the 117 weeks from 2024-05-27 to 2026-08-17."
+    _, doc = get_page(month_client, "q=%22unclosed")  # no feed, no chart
+    assert by_id(doc, "chart-figure").get("hidden") is not None
+
+
+def test_the_top_control_keeps_a_top_feeds_order(month_client):
+    _, doc = get_page(month_client, "top=month&limit=3")
+    assert doc.xpath('//select[@id="top"]/option[@selected]/@value') == ["month"]
+    assert doc.xpath('//select[@id="sort"]/option[@selected]/@value') == ["upvotes"]  # a top feed's default
+    assert by_id(doc, "feed-url").get("value") == "http://localhost/feed?top=month&limit=3"
+    assert preview_urls(doc) == feed_ids(month_client, "top=month&limit=3")
+    assert doc.xpath('//select[@id="sort"]/option/@value') == ["date", "upvotes", "relevance", "trending"]
+
+
+def test_the_top_control_offers_only_what_the_window_holds(upstream, clock):
+    client = create_app(make_config(upstream.url, window_days=10), clock=clock).test_client()
+    _, doc = get_page(client)
+    assert doc.xpath('//select[@id="top"]/option/@value') == ["", "week"]

@@ -5,7 +5,7 @@ import pytest
 from feedproxy.errors import InvalidItem
 from feedproxy.upstream.papers import clean_text, paper_from_item, parse_timestamp, strip_xml_forbidden
 
-from .conftest import all_items, load_items
+from .conftest import all_items, load_items, month_items
 
 
 def test_every_real_item_becomes_a_paper():
@@ -40,6 +40,48 @@ def test_current_schema_fields():
     assert paper.url == "https://huggingface.co/papers/2608.19880"
     assert paper.arxiv_url == "https://arxiv.org/abs/2608.19880"
     assert paper.organization == "Google"
+    assert (paper.organization_name, paper.organization_id) == ("google", "5e6aca39878b8b2bf9806447")
+    assert paper.github_stars == 8
+    assert paper.submitter == "taesiri"  # paper.submittedOnDailyBy.user
+    assert paper.author_users == ()  # no author has claimed it
+
+
+def test_every_item_of_the_month_fixture_keeps_the_fields_it_carries():
+    papers = [paper_from_item(item) for item in month_items()]
+    assert len(papers) == 30
+    for item, paper in zip(month_items(), papers):
+        inner, org = item["paper"], item.get("organization") or {}
+        assert paper.organization_name == org.get("name", "")
+        assert paper.organization_id == org.get("_id", "")
+        assert paper.github_stars == inner.get("githubStars")
+        assert paper.submitter == inner["submittedOnDailyBy"]["user"]
+        assert paper.comments == item["numComments"]
+    assert sum(bool(p.organization_name) for p in papers) == 22
+    assert sum(p.github_stars is not None for p in papers) == 22
+
+
+def test_author_user_names_are_kept_in_author_order_once_each():
+    by_id = {i["paper"]["id"]: paper_from_item(i) for i in load_items("2024-05-27")}
+    assert by_id["2405.15738"].author_users == ("ChunjiangGe", "SijieCheng", "bzheng")
+    assert by_id["2405.14979"].author_users == ("wyysf", "XuelinChen", "lyxun")  # XuelinChen is listed twice
+    assert by_id["2405.15738"].submitter == ""  # the 2024-05 schema names no submitter
+
+
+def test_the_submitter_of_the_2024_schema_is_the_user_name_of_the_outer_submitted_by():
+    # Items from 2024-06 to 2025-02 carry only the outer submittedBy, whose user name is "name" (its
+    # "fullname" can be an email address). This one is real, with the newer paper.submittedOnDailyBy removed.
+    item = next(i for i in load_items("2025-06-12") if i["paper"]["id"] == "2506.09113")
+    assert item["submittedBy"]["fullname"] == "wujie10558@gmail.com"
+    del item["paper"]["submittedOnDailyBy"]
+    assert paper_from_item(item).submitter == "wujie10"
+
+
+def test_stars_are_unknown_without_a_count_or_a_repository():
+    by_id = {i["paper"]["id"]: paper_from_item(i) for i in load_items("2025-06-12") + load_items("2026-08-21")}
+    assert by_id["2506.09003"].github_repo and by_id["2506.09003"].github_stars is None  # mid-2025: no githubStars
+    assert by_id["2608.19861"].github_stars == 0  # a repository with no stars
+    assert by_id["2608.13120"].github_repo is None and by_id["2608.13120"].github_stars is None
+    assert by_id["2506.09113"].organization_name == "" and by_id["2506.09113"].organization == ""
 
 
 def test_minimal_item_needs_only_id_title_and_a_date():
@@ -67,11 +109,26 @@ def test_invalid_items_are_refused_with_a_reason(item, reason):
 def test_wrongly_typed_optional_fields_are_ignored():
     paper = paper_from_item({
         "paper": {"id": "2401.00001", "title": "T", "authors": "nobody", "upvotes": "many",
-                  "ai_keywords": [1, None, "kw"], "githubRepo": "javascript:alert(1)"},
+                  "ai_keywords": [1, None, "kw"], "githubRepo": "javascript:alert(1)", "githubStars": 5,
+                  "submittedOnDailyBy": {"user": "two words"}},
         "publishedAt": "2024-01-02T03:04:05Z", "numComments": True, "thumbnail": 7,
+        "organization": {"_id": 5, "name": "<b>x</b>"}, "submittedBy": "someone",
     })
     assert paper.authors == () and paper.upvotes == 0 and paper.comments == 0
     assert paper.ai_keywords == ("kw",) and paper.github_repo is None and paper.thumbnail is None
+    assert paper.github_stars is None  # stars without a repository are not kept
+    assert (paper.organization_name, paper.organization_id, paper.submitter) == ("", "", "")
+
+
+def test_user_names_in_authors_must_be_user_names():
+    paper = paper_from_item({
+        "paper": {"id": "2401.00001", "title": "T", "authors": [
+            {"name": "A", "user": {"user": "ok-name_1.x"}}, {"name": "B", "user": {"user": "bad name"}},
+            {"name": "C", "user": "c"}, {"name": "D", "user": {"name": "from-name"}}]},
+        "publishedAt": "2024-01-02T03:04:05Z",
+    })
+    assert paper.authors == ("A", "B", "C", "D")
+    assert paper.author_users == ("ok-name_1.x", "from-name")
 
 
 def test_xml_forbidden_characters_are_stripped():

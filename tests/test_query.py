@@ -13,7 +13,9 @@ from feedproxy.search.query import (
     MAX_QUERY_LENGTH,
     MAX_TERMS,
     And,
+    Compare,
     Compound,
+    Has,
     Not,
     Or,
     Phrase,
@@ -63,6 +65,15 @@ VALID = [
     ("accelerate acceler", "accelerate acceler"),  # Snowball: acceler -> accel, so two stems
     ("LLMs -GPUs", "llm -gpu"),  # an acronym's plural is written as its singular
     ('"MLLMs-based agents"', '"mllmbased agents"'),
+    # Issue 15: the organisation and the submitter are fields; has: and comparisons are filters.
+    ("ORG:Google submitter:TaeSiri", "org:google submitter:taesiri"),
+    ('org:"Tencent Hunyuan" OR org:5e6aca39878b8b2bf9806447', 'org:"tencent hunyuan" OR org:5e6aca39878b8b2bf9806447'),
+    ("agent HAS:Code -has:project", "agent has:code -has:project"),
+    ("STARS>=0100 comments>0", "stars>=100 comments>0"),
+    ("stars<5 OR stars=5 OR stars<=7 OR stars>1", "stars<5 OR stars=5 OR stars<=7 OR stars>1"),
+    ("video (has:code OR stars>=10)", "video (has:code OR stars>=10)"),
+    ("has:code", "has:code"),  # a filter alone is a query
+    ("stars>=1 stars>=1", "stars>=1"),
 ]
 
 
@@ -124,6 +135,14 @@ def test_structure_follows_precedence():
     assert parse_query('title:"vision language" OR author:lee').root == Or(
         (Phrase(("vision", "languag"), "title"), Term("lee", "author"))
     )
+    assert parse_query("-has:code stars>=10 OR comments<2 org:x").root == And(
+        (Not(Has("code")), Or((Compare("stars", ">=", 10), Compare("comments", "<", 2))), Term("x", "org"))
+    )
+
+
+def test_filters_are_not_terms_to_score():
+    assert parse_query("agent has:code stars>=5").terms() == ("agent",)
+    assert parse_query("has:code").terms() == ()
 
 
 @pytest.mark.parametrize("text", [None, "", "   ", "\t\n ", "\u3000"])
@@ -175,12 +194,25 @@ ERRORS = [
     ("NOT a NOT b", 0, ["only excludes"]),
     ("x OR -survey", 5, ["OR", "only exclude", "column 6"]),
     ("(-a)", 1, ["only excludes"]),
-    ("foo:bar", 0, ['unknown field "foo:"', "title:", "abstract:", "author:", "keyword:"]),
+    ("foo:bar", 0, ['unknown field "foo:"', "title:", "abstract:", "author:", "keyword:", "org:", "submitter:", "has:"]),
     ("agent arxiv:2405.1", 6, ['unknown field "arxiv:"', "column 7"]),
     ("title:", 0, ['"title:"', "needs a word"]),
     ("title: agent", 0, ['"title:"', "right after the colon"]),
     ("title:(a OR b)", 0, ['"title:"', "not a group"]),
     ("title:!!", 0, ['"title:"', "letters or digits"]),
+    ("agent has:nothing", 6, ['"has:" takes code or project, not "nothing"', "column 7"]),
+    ("has:", 0, ['"has:" takes code or project right after the colon']),
+    ('has:"code"', 0, ['"has:" takes code or project right after the colon']),
+    ("has:(code)", 0, ['"has:" takes code or project']),
+    ("stars>=abc", 0, ['"stars>=" needs a whole number from 0 to 999999999', "stars>=10"]),
+    ("a stars>=", 2, ['"stars>=" needs a whole number', "column 3"]),
+    ("comments>5x", 0, ['"comments>" needs a whole number']),
+    ("stars>=-1", 0, ['"stars>=" needs a whole number']),
+    ("stars>=1000000000", 0, ['"stars>=" needs a whole number from 0 to 999999999']),
+    ("stars=>5", 0, ['"stars=" needs a whole number']),
+    ("stars:5", 0, ['unknown field "stars:"', "stars>=10"]),
+    ("-has:code", 0, ["only excludes"]),
+    ("x OR -stars>=1", 5, ["only exclude"]),
     ('""', 0, ["empty phrase"]),
     ('a "  "', 2, ["empty phrase", "column 3"]),
     ('"!!"', 0, ["phrase", "no letters or digits"]),
@@ -195,6 +227,8 @@ ERRORS = [
     ("(" * 249 + "a" + ")" * 249, MAX_NESTING, ["parentheses nested more than 32 deep"]),
     # "w30", the 31st word, starts at 10 * 3 + 20 * 4.
     (" ".join(f"w{n}" for n in range(MAX_TERMS + 1)), 110, ["more than 30 terms"]),
+    # A filter is a term: "has:code", the 31st, starts at 10 * 3 + 20 * 4.
+    (" ".join(f"w{n}" for n in range(MAX_TERMS)) + " has:code", 110, ["more than 30 terms"]),
     # Each word of a phrase is a term: "ee" is the 31st.
     ('"a b c d e f g h i j k l m n o p q r s t u v w x y z" aa bb cc dd ee', 66, ["more than 30 terms"]),
 ]
@@ -306,6 +340,7 @@ def test_an_acronym_plural_in_text_is_also_listed_as_it_reads_in_lower_case():
 # corners rather than only its lexer.
 _PIECES = st.sampled_from(
     ["OR", "|", "-", "NOT", "AND", "(", ")", '"', "\u201c", "title:", "author:", "Keyword:", "foo:", ":", "a", "pre-training",
+     "org:", "submitter:", "has:", "has:code", "HAS:project", "stars>=", "stars>=5", "comments<", "=", ">=", "7",
      "Pretrainer's", "!!", "---", "x-", "-y", "\x00", "\ud800", " ", "  ", "é", "ﬁ", "&amp;", "<b>", "1.0", "LLMs",
      "GPUs", "llms"]
 )  # fmt: skip

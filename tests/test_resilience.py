@@ -1,6 +1,7 @@
 """What readers get when the upstream fails, and when the request itself is hostile."""
 
 import json
+import logging
 import threading
 from urllib.parse import quote, urlencode
 
@@ -163,11 +164,12 @@ def test_hostile_query_strings_get_a_clear_4xx(client, query_string, status, wor
         check_atom(response.data)
 
 
-PARAM_NAMES = st.sampled_from(["q", "limit", "min_upvotes", "days", "sort", "format", "x", "Q", "limit[]"])
+PARAM_NAMES = st.sampled_from(["q", "limit", "min_upvotes", "days", "sort", "format", "x", "Q", "limit[]", "top"])
 PARAM_VALUES = st.one_of(
     st.text(max_size=60),
     st.sampled_from(["0", "1", "50", "500", "501", "-1", "1e3", "date", "upvotes", "relevance", "rss", "json",
-                     '"a', "(a", "a OR", "-a", "title:", "author:x", "x" * 600, "NOT a"]),
+                     '"a', "(a", "a OR", "-a", "title:", "author:x", "x" * 600, "NOT a", "trending", "week", "month",
+                     "has:code", "stars>=5", "org:google -comments<1", "has:x"]),
     st.integers(-10**12, 10**12).map(str),
 )
 
@@ -182,3 +184,26 @@ def test_no_parameters_produce_a_server_error(client, params):
     else:
         text = response.get_data(as_text=True)
         assert text.endswith("\n") and "Traceback" not in text and len(text) < 2000
+
+
+TOKEN = "hf_TestTokenNotARealOne123"
+
+
+def test_the_token_reaches_the_upstream_and_nothing_a_person_or_a_log_sees(upstream, clock, caplog, capsys):
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore included
+    upstream.always = Fault(status=401, body=b'{"error":"Invalid credentials in Authorization header"}')
+    app = create_app(make_config(upstream.url, hf_token=TOKEN), clock=clock)
+    client = app.test_client()
+    answers = [client.get(path) for path in ("/feed?q=x", "/?q=x", "/preview.json?q=x", "/healthz", "/sources")]
+    assert [a.status_code for a in answers] == [503, 200, 503, 503, 200]
+    assert "HTTP 401" in answers[0].text
+    upstream.always = None
+    clock.advance(3600)
+    answers += [client.get(path) for path in ("/feed?q=x", "/healthz", "/metrics", "/feed?q=title:")]
+    assert [a.status_code for a in answers[5:]] == [200, 200, 200, 400]
+    assert all(r["headers"]["Authorization"] == f"Bearer {TOKEN}" for r in upstream.requests)
+    for answer in answers:
+        assert TOKEN not in answer.text and TOKEN not in str(answer.headers)
+    assert TOKEN not in caplog.text
+    assert TOKEN not in "".join(capsys.readouterr())
+    assert TOKEN not in repr(app.config)

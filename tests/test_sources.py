@@ -200,3 +200,15 @@ def test_url_feeds_keep_their_own_rendered_copies(upstream, clock, feeds_example
             assert client.get(f"/feed?url=http://feeds.example{path}").status_code == 200
     results = [r.getMessage().split(" cache=")[1].split()[0] for r in caplog.records if r.name == "feedproxy.access"]
     assert results == ["miss", "miss", "hit"]
+
+
+def test_the_hf_token_goes_to_daily_papers_only(upstream, clock, feeds, tmp_path):
+    token = "hf_TestTokenNotARealOne123"
+    config = make_config(upstream.url, data_dir=str(tmp_path), hf_token=token,
+                         feeds=(("arxiv-cs-lg", feeds.url("/atom/cs.LG")),), allow_url_hosts=frozenset({"feeds.example"}))
+    client = create_app(config, clock=clock, url_fetcher=lambda: fetcher_for(feeds)[0]).test_client()
+    assert client.get("/feed?source=hf-daily,arxiv-cs-lg").status_code == 200
+    assert client.get("/feed?url=http://feeds.example/rss/cs.CL").status_code == 200
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {token}"
+    assert feeds.paths() == ["/atom/cs.LG", "/rss/cs.CL"]
+    assert not any("Authorization" in r["headers"] for r in feeds.requests)

@@ -11,7 +11,7 @@ import pytest
 
 from feedproxy.app import create_app
 from feedproxy.store import files as storage
-from feedproxy.upstream.papers import paper_from_item
+from feedproxy.upstream.papers import Paper, paper_from_item
 from feedproxy.search.query import parse_query
 from feedproxy.errors import NoData
 from feedproxy.search.index import PaperIndex
@@ -37,6 +37,18 @@ def test_round_trip_keeps_every_field(tmp_path, items, clock):
     assert loaded.papers == papers and loaded.source == "src" and loaded.fetched_at == clock()
     assert [p.arxiv_published for p in loaded.papers] == [p.arxiv_published for p in papers]
     assert not list(tmp_path.glob(".snapshot-*"))  # no temporary file left behind
+
+
+def test_a_file_saved_before_the_newer_fields_loads_with_their_defaults(tmp_path, items, clock):
+    # Saved by the code of before issue 15: no organization_name, github_stars, submitter, author_users...
+    papers = tuple(paper_from_item(i) for i in items)
+    new_fields = ("organization_name", "organization_id", "github_stars", "submitter", "author_users")
+    old = [{k: v for k, v in storage._paper_to_json(p).items() if k not in new_fields} for p in papers]
+    document = {"format": 1, "source": "src", "fetched_at": clock().isoformat(), "papers": old}
+    (tmp_path / SNAPSHOT_NAME).write_bytes(gzip.compress(storage.json.dumps(document).encode()))
+    loaded = SnapshotFile(tmp_path).load()
+    defaults = {f: Paper.__dataclass_fields__[f].default for f in new_fields}
+    assert loaded.papers == tuple(dataclasses.replace(p, **defaults) for p in papers)
 
 
 _PAPER = '{"id": "2608.1", "title": "t", "published": "%s"}'
@@ -265,3 +277,18 @@ def test_a_planted_index_cache_cannot_run_code(tmp_path, upstream, clock, caplog
     assert restarted.peek().version == first.version
     assert "os.system is not allowed" in caplog.text or "posix.system is not allowed" in caplog.text
     assert SnapshotFile(tmp_path).load_index().version == first.version  # a real cache loads
+
+
+def test_an_index_cache_holds_nothing_the_restricted_unpickler_refuses(tmp_path, upstream, clock):
+    """Every class a real index pickles is on the allow-list: else every restart would rebuild the index."""
+    store_for(upstream, clock, tmp_path).current()
+    seen = set()
+
+    class Spy(pickle.Unpickler):
+        def find_class(self, module, name):
+            seen.add((module, name))
+            return super().find_class(module, name)
+
+    with SnapshotFile(tmp_path).index_path.open("rb") as handle:
+        Spy(handle).load()
+    assert seen and seen <= storage.INDEX_GLOBALS

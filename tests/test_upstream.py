@@ -182,3 +182,23 @@ def test_compressed_answers_are_counted_as_they_inflate(upstream, encoding, body
     upstream.faults.append(Fault(body=body, headers={"Content-Encoding": encoding}))
     with pytest.raises(UpstreamBadData, match=re.escape(words)):
         list(listing(upstream.url).pages())
+TOKEN = "hf_TestTokenNotARealOne123"
+
+
+def test_a_token_is_sent_as_a_bearer_token_and_none_without_one(upstream):
+    list(listing(upstream.url, token=TOKEN).pages())
+    list(listing(upstream.url).pages())
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in upstream.requests[1]["headers"]
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_origin(upstream, items):
+    other = FakeUpstream(items).start()  # another port: another origin
+    try:
+        upstream.faults.append(Fault(status=302, body=b"", headers={"Location": other.url + "?p=0&limit=100"}))
+        pages = list(listing(upstream.url, token=TOKEN).pages())
+    finally:
+        other.stop()
+    assert len(pages[0].papers) == 40
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in other.requests[0]["headers"]

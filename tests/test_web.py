@@ -2,7 +2,7 @@
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import feedparser
 import pytest
@@ -120,6 +120,11 @@ def test_the_page_opml_and_the_feed_spell_one_feed_url_the_same_way(client):
         ("sort=random", "'sort' must be one of date, upvotes, relevance"),
         ("min_upvotes=-3", "'min_upvotes' must be a whole number"),
         ("days=0", "'days' must be from 1 to 1000"),
+        ("sort=hot", "'sort' must be one of date, upvotes, relevance, trending"),
+        ("top=year", "'top' must be one of week, month, got 'year'"),
+        ("top=week&days=3", "give either 'days' or 'top', not both"),
+        ("q=has:nothing", 'parameter \'q\' is not a valid query: "has:" takes code or project, not "nothing" at column 1'),
+        ("q=agent%20stars%3E%3Dabc", '"stars>=" needs a whole number from 0 to 999999999 right after it at column 7'),
     ],
 )
 def test_bad_parameters_get_400_naming_them(client, query, words):
@@ -185,9 +190,109 @@ def test_the_readme_feed_urls_are_canonical_and_valid():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Feed URLs"):readme.index("**One URL per feed.**")]
     urls = re.findall(r"^\| `(/feed[^`]*)` \|", table, flags=re.M)
-    assert len(urls) == 8
+    assert len(urls) == 10
     for url in urls:
         query = urlsplit(url).query
         assert " " not in url and '"' not in url, url
         params = parse_feed_request(MultiDict(parse_qsl(query)), 30, ["hf-daily", "arxiv-cs-lg"], "hf-daily")
         assert params.query_string() == query, url
+
+
+# --- Issue 15: organisations, code, stars, submitters; trending; top of the week and month ---------------
+
+def _hf(ids: list[str]) -> list[str]:
+    return ["https://huggingface.co/papers/" + i for i in ids]
+
+
+def _by_date(items: list[dict]) -> list[str]:
+    return [i["paper"]["id"] for i in sorted(items, key=lambda i: (i["publishedAt"], i["paper"]["id"]), reverse=True)]
+
+
+def test_fields_and_filters_select_papers_through_the_feed(month_client):
+    from .conftest import month_and_all_items
+
+    items = month_and_all_items()
+    tencent_with_code = [i for i in items if "tencent" in (i.get("organization") or {}).get("name", "").lower()
+                         and i["paper"].get("githubRepo")]
+    found = entry_ids(check_atom(month_client.get("/feed?q=org:tencent%20has:code&limit=500").data))
+    assert found == _hf(_by_date(tencent_with_code)) and len(found) == 5
+    popular = [i for i in items if (i["paper"].get("githubStars") or 0) >= 100]
+    assert entry_ids(check_atom(month_client.get("/feed?q=stars%3E%3D100").data)) == _hf(_by_date(popular))
+    taesiri = [i for i in items if (i["paper"].get("submittedOnDailyBy") or {}).get("user") == "taesiri"]
+    assert entry_ids(check_atom(month_client.get("/feed?q=submitter:taesiri").data)) == _hf(_by_date(taesiri))
+    assert entry_ids(check_atom(month_client.get("/feed?q=author:xidulu").data)) == _hf(["2608.08888"])
+
+
+def _trending_ids(items: list[dict], limit: int) -> list[str]:
+    """The README's formula, worked out from the JSON: upvotes / max(hours before the newest listing, 2)."""
+    def listed(item):
+        return datetime.fromisoformat(item["publishedAt"].replace("Z", "+00:00"))
+
+    newest = max(map(listed, items))
+    def key(item):
+        hours = (newest - listed(item)).total_seconds() / 3600
+        return item["paper"]["upvotes"] / max(hours, 2), item["publishedAt"], item["paper"]["id"]
+    return [i["paper"]["id"] for i in sorted(items, key=key, reverse=True)][:limit]
+
+
+def test_sort_trending_is_upvotes_per_hour_since_listed(month_client):
+    from .conftest import month_and_all_items
+
+    found = entry_ids(check_atom(month_client.get("/feed?sort=trending&limit=10").data))
+    assert found == _hf(_trending_ids(month_and_all_items(), 10))
+    # Not simply the most upvoted: 2607.28624 (145 upvotes, three weeks old) is not among them.
+    assert _hf(["2607.28624"])[0] not in found
+
+
+def _week_top(items: list[dict], days: int, limit: int) -> list[str]:
+    newest = max(i["publishedAt"] for i in items)  # 2026-08-20T04:02:55.000Z
+    start = (datetime.fromisoformat(newest.replace("Z", "+00:00")) - timedelta(days=days)).isoformat()
+    recent = [i for i in items if datetime.fromisoformat(i["publishedAt"].replace("Z", "+00:00")).isoformat() >= start]
+    ranked = sorted(recent, key=lambda i: (i["paper"]["upvotes"], i["publishedAt"], i["paper"]["id"]), reverse=True)
+    return [i["paper"]["id"] for i in ranked[:limit]]
+
+
+@pytest.mark.parametrize(("top", "days"), [("week", 7), ("month", 30)])
+def test_top_lists_the_most_upvoted_of_the_last_week_or_month(month_client, top, days):
+    from .conftest import month_and_all_items
+
+    response = month_client.get(f"/feed?top={top}&limit=5")
+    root = check_atom(response.data, self_url=f"http://localhost/feed?top={top}&limit=5")
+    assert entry_ids(root) == _hf(_week_top(month_and_all_items(), days, 5))
+    assert root.findtext(f"{ATOM}title") == f"Daily Papers · top 5 of the {top}"
+
+
+def test_top_week_and_month_differ(month_client):
+    week = entry_ids(check_atom(month_client.get("/feed?top=week&limit=3").data))
+    month = entry_ids(check_atom(month_client.get("/feed?top=month&limit=3").data))
+    assert week == _hf(["2608.19880", "2608.16590", "2608.17253"])  # 163, 92, 74 upvotes
+    assert month == _hf(["2608.19880", "2607.28624", "2607.26760"])  # 163, 145, 102
+
+
+def test_a_top_feed_keeps_its_entries_while_their_order_changes(month_client, month_upstream, clock):
+    before = month_client.get("/feed?top=week&limit=3")
+    third = next(i for i in month_upstream.items if i["paper"]["id"] == "2608.17253")
+    third["paper"] = dict(third["paper"], upvotes=500)  # the third gains upvotes and leads
+    clock.advance(901)
+    after = month_client.get("/feed?top=week&limit=3")  # this request refreshes
+    assert entry_ids(check_atom(after.data)) == _hf(["2608.17253", "2608.19880", "2608.16590"])
+    assert set(entry_ids(check_atom(before.data))) == set(entry_ids(check_atom(after.data)))
+    assert after.headers["ETag"] != before.headers["ETag"]
+
+
+def test_top_orders_by_upvotes_unless_sort_is_given_and_names_itself_once(month_client):
+    by_date = check_atom(month_client.get("/feed?sort=date&top=week&limit=3").data,
+                         self_url="http://localhost/feed?sort=date&top=week&limit=3")
+    assert entry_ids(by_date) == _hf(["2608.19880", "2608.17253", "2608.16590"])  # the same three, newest first
+    # sort=upvotes is a top feed's default: left out of its one URL.
+    check_atom(month_client.get("/feed?top=WEEK&sort=upvotes&limit=3").data,
+               self_url="http://localhost/feed?top=week&limit=3")
+
+
+def test_top_longer_than_the_window_is_refused(upstream, clock):
+    client = create_app(make_config(upstream.url, window_days=7), clock=clock).test_client()
+    assert client.get("/feed?top=week").status_code == 200
+    refused = client.get("/feed?top=month")
+    assert refused.status_code == 400
+    assert refused.text == ("parameter 'top' cannot be month: this server keeps only the last 7 days of papers "
+                            "(FEEDPROXY_WINDOW_DAYS)\n")

@@ -1,7 +1,8 @@
 """The human side: the page at /, its live preview data at /preview.json, and OPML at /opml.
 
-The page lets someone try a query, see which papers it finds and copy the feed
-URL, with or without JavaScript. Every view validates with web.parse_request_args
+The page lets someone try a query, see which papers it finds, how many matched
+each week (a bar chart drawn on the server as inline SVG) and copy the feed URL,
+with or without JavaScript. Every view validates with web.parse_request_args
 and picks sources with web.sources_for, as /feed does, and searches with
 web.find_papers, as /feed does: what the page previews is what the feed serves.
 Templates and static files live in ``templates/`` and ``static/`` beside this
@@ -13,24 +14,27 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import date
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
 from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, QueryError
-from feedproxy.http.params import FeedRequest, encode_params
+from feedproxy.http.params import TOP_SORT, TOPS, FeedRequest, encode_params
 from feedproxy.search.index import SORTS
+from feedproxy.search.merged import prepared, weekly_counts
 from feedproxy.search.query import EMPTY_QUERY, MATCHES, highlight, parse_query
 from feedproxy.render.formats import FORMATS
-from feedproxy.store.sources import current_snapshots
+from feedproxy.store.snapshot import Snapshot
+from feedproxy.store.sources import Source, current_snapshots
 from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for, why_matched
 
 bp = Blueprint("page", __name__)
 
 MAX_OPML_QUERIES = 50
 DEFAULTS = FeedRequest(query=EMPTY_QUERY)
-CONTROLS = ("q", "match", "min_upvotes", "days", "sort", "format", "limit")  # the form's visible controls
+CONTROLS = ("q", "min_upvotes", "days", "sort", "top", "format", "limit", "match")  # the form's visible controls
 PASSED_ON = ("similar", "source", "announce", "url")  # /feed parameters the form keeps in hidden fields
 # Scripts, styles and requests only from this service: no CDN, font or inline script can run,
 # so even a markup injection that slipped past escaping could not execute.
@@ -46,7 +50,86 @@ SYNTAX_EXAMPLES = (
     ('"language model"', "a phrase: the words next to each other, in this order"),
     ('title:agent author:"g hinton"', "a word or phrase in one field: title:, abstract:, author:, keyword:"),
     ('~"tool use" -survey', "a concept: papers near that meaning, even in other words; mixes with the rest"),
+    ("org:google has:code", "an organisation (name or id) or submitter: (a Hugging Face user name); papers with "
+                            "code (has:code) or a project page (has:project)"),
+    ("agent stars>=100 -comments<1", "compare GitHub stars or comments with >=, >, <=, < or ="),
 )
+# The chart of matching papers per week: its viewBox, in SVG units (the page stretches it to its width).
+CHART_WIDTH, CHART_HEIGHT = 600, 60
+
+
+@dataclass(frozen=True)
+class WeekBar:
+    """One week with matches, as a bar of the chart."""
+
+    week: date  # its Monday
+    count: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @property
+    def label(self) -> str:
+        return f"week of {self.week.isoformat()}: {_papers(self.count)}"
+
+    def to_json(self) -> dict:
+        return {"week": self.week.isoformat(), "count": self.count, "x": self.x, "y": self.y, "width": self.width,
+                "height": self.height, "label": self.label}
+
+
+@dataclass(frozen=True)
+class WeekChart:
+    """How many papers match each week (Monday to Sunday, UTC) over the window: how busy a topic is."""
+
+    weeks: tuple[tuple[date, int], ...]
+    bars: tuple[WeekBar, ...]  # the weeks with matches; the others are gaps
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+
+    @classmethod
+    def of(cls, weeks: list[tuple[date, int]]) -> "WeekChart":
+        """Lay out one slot per week, a bar 80% of it, heights relative to the busiest week."""
+        most = max((count for _, count in weeks), default=0)
+        slot = CHART_WIDTH / max(len(weeks), 1)
+        bars = []
+        for n, (week, count) in enumerate(weeks):
+            if count:
+                height = round(max(count / most * CHART_HEIGHT, 1), 2)  # at least 1: a week with one paper shows
+                bars.append(WeekBar(week, count, x=round(n * slot + slot * 0.1, 2), y=round(CHART_HEIGHT - height, 2),
+                                    width=round(slot * 0.8, 2), height=height))
+        return cls(tuple(weeks), tuple(bars))
+
+    @property
+    def summary(self) -> str:
+        """The chart in one sentence: its text alternative."""
+        if not self.weeks:
+            return "No papers to count."
+        span = (f"the week of {self.weeks[0][0].isoformat()}" if len(self.weeks) == 1 else
+                f"the {len(self.weeks)} weeks from {self.weeks[0][0].isoformat()} to {self.weeks[-1][0].isoformat()}")
+        total = sum(count for _, count in self.weeks)
+        if not total:
+            return f"No matching papers in {span}."
+        week, most = max(self.weeks, key=lambda pair: (pair[1], pair[0]))
+        busiest = "" if len(self.weeks) == 1 else f"; the most, {most}, in the week of {week.isoformat()}"
+        return f"{_papers(total)} matching in {span}{busiest}."
+
+    def to_json(self) -> dict:
+        return {"summary": self.summary, "width": self.width, "height": self.height,
+                "bars": [bar.to_json() for bar in self.bars]}
+
+
+def _papers(n: int) -> str:
+    return f"{n} paper" if n == 1 else f"{n} papers"
+
+
+def week_chart(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> WeekChart:
+    """Count the matches of ``params`` per week, over the days its feed searches (all of them, not ``limit``)."""
+    snapshots = [snapshot for _, snapshot in current]
+    searched = prepared(snapshots, params.query, params.match, params.similar)  # as the feed searches it
+    weeks = weekly_counts(snapshots, searched, now=current[0][0].store.clock(),
+                          min_upvotes=params.min_upvotes, days=params.searched_days, announce=params.announce)
+    return WeekChart.of(weeks)
 
 
 @dataclass(frozen=True)
@@ -66,6 +149,7 @@ class Preview:
     feed_url: str | None = None
     opml_url: str | None = None
     rows: tuple[Row, ...] = ()
+    chart: WeekChart | None = None
     error: str | None = None  # the message /feed answers for these parameters
     error_status: int = 400
     error_control: str = "q"  # the form control the message is about
@@ -112,7 +196,7 @@ def build_preview(args: MultiDict) -> Preview:
         marks = prepared_query(params)
         rows = tuple(Row(p, tuple(highlight(p.title, marks)), why.get(p.id, ""), url_for("page.index", similar=p.id))
                      for p in papers)
-        return Preview(**found, rows=rows)
+        return Preview(**found, rows=rows, chart=week_chart(params, current))
     except NoData as exc:
         return Preview(**found, no_data=exc)
     except BadParameter as exc:  # similar= names a paper no source holds
@@ -133,6 +217,8 @@ def index() -> Response:
         window_days=_window_days(),
         sorts=SORTS,
         matches=MATCHES,
+        tops=TOPS,
+        top_sort=TOP_SORT,
         formats=tuple(FORMATS),
         defaults=DEFAULTS,
         examples=example_links(request.args),
@@ -155,11 +241,13 @@ def preview_json() -> Response:
         return _json(body, 503, {"Retry-After": str(preview.no_data.retry_after)})
     papers = [
         {"id": row.paper.id, "title": row.paper.title, "url": row.paper.url, "published": iso_z(row.paper.published),
-         "upvotes": row.paper.upvotes, "title_parts": row.title, "why": row.why, "similar_url": row.similar_url}
+         "upvotes": row.paper.upvotes, "organization": row.paper.organization or None,
+         "github_repo": row.paper.github_repo, "github_stars": row.paper.github_stars,
+         "title_parts": row.title, "why": row.why, "similar_url": row.similar_url}
         for row in preview.rows
     ]
     return _json({"feed_url": preview.feed_url, "opml_url": preview.opml_url, "papers": papers,
-                  "count": len(papers)}, 200)
+                  "count": len(papers), "chart": preview.chart.to_json()}, 200)
 
 
 def _json(body: dict, status: int, headers: dict | None = None) -> Response:

@@ -25,6 +25,10 @@ DEFAULT_LIMIT = 50
 MAX_SOURCES = 10
 MAX_TITLE_QUERY = 200  # characters of the query shown in a feed's title
 MAX_SIMILAR_ID = 200
+# top=week|month: the most upvoted papers of the last 7 or 30 days, counted back as days= is.
+TOPS = {"week": 7, "month": 30}
+TOP_SORT = "upvotes"  # the order of a top feed when sort is not given
+SIMILAR_SORT = "relevance"  # the order of a similar= feed when sort is not given: nearest first
 # Left as they are in feed URLs, for readability (source lists, url= values); every other character
 # outside RFC 3986's unreserved set is percent-encoded, a space as %20.
 URL_SAFE = ":/,"
@@ -51,6 +55,19 @@ class FeedRequest:
     query_text: str = ""  # what the user typed, whitespace folded (empty when the query is)
     match: str = MATCHES[0]  # keyword, concept or hybrid: how the words of q are matched
     similar: str | None = None  # a paper's id: the papers nearest to it in meaning
+    top: str | None = None  # week or month: only the `limit` most upvoted papers of that many days
+
+    @property
+    def default_sort(self) -> str:
+        """The sort when sort= is not given: nearest first for similar=, by upvotes for a top feed, else by date."""
+        if self.similar:
+            return SIMILAR_SORT
+        return TOP_SORT if self.top else SORTS[0]
+
+    @property
+    def searched_days(self) -> int | None:
+        """How many days back the search reaches: top's week or month, else days= (None: the whole window)."""
+        return TOPS[self.top] if self.top else self.days
 
     def url_params(self) -> list[tuple[str, str]]:
         """Every parameter that shapes the feed, in one fixed order, defaults left out, q as typed.
@@ -67,8 +84,10 @@ class FeedRequest:
             params.append(("min_upvotes", str(self.min_upvotes)))
         if self.days is not None:
             params.append(("days", str(self.days)))
-        if self.sort != SORTS[0]:
+        if self.sort != self.default_sort:
             params.append(("sort", self.sort))
+        if self.top:
+            params.append(("top", self.top))
         if self.format != "atom":
             params.append(("format", self.format))
         if self.limit != DEFAULT_LIMIT:
@@ -96,6 +115,8 @@ class FeedRequest:
             parts.append(f"{self.min_upvotes}+ upvotes")
         if self.days is not None:
             parts.append(f"last {self.days} day{'s' if self.days != 1 else ''}")
+        if self.top:
+            parts.append(f"top {self.limit} of the {self.top}")
         if self.announce:
             parts.append("/".join(self.announce))
         return " · ".join(parts)
@@ -118,9 +139,9 @@ def _whole_number(args: MultiDict, name: str, default: int | None, low: int, hig
         raise BadParameter(f"parameter {name!r} {exc}", name) from None
 
 
-def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
+def _choice(args: MultiDict, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
     raw = _single(args, name)
-    value = (raw or choices[0]).strip().lower()
+    value = (raw or default or choices[0]).strip().lower()
     if value not in choices:
         raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}", name)
     return value
@@ -161,13 +182,17 @@ def parse_feed_request(
     similar = (_single(args, "similar") or "").strip() or None
     if similar is not None and (len(similar) > MAX_SIMILAR_ID or not similar.isprintable()):
         raise BadParameter(f"parameter 'similar' must be a paper id such as 2608.12345, got {similar[:40]!r}", "similar")
+    top = _top(args, window_days)
+    days = _whole_number(args, "days", None, 1, window_days)
+    if top and days is not None:
+        raise BadParameter(f"give either 'days' or 'top', not both: top={top} lists the last {TOPS[top]} days", "top")
     return FeedRequest(
         query=query,
         limit=_whole_number(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         min_upvotes=_whole_number(args, "min_upvotes", 0, 0, 10**9 - 1),
-        days=_whole_number(args, "days", None, 1, window_days),
+        days=days,
         # A feed of papers like one paper lists the nearest first, unless a sort is asked for.
-        sort=_choice(args, "sort", SORTS if similar is None or _single(args, "sort") else ("relevance",)),
+        sort=_choice(args, "sort", SORTS, SIMILAR_SORT if similar else TOP_SORT if top else None),
         format=_choice(args, "format", tuple(FORMATS)),
         sources=sources,
         announce=tuple(a for a in ANNOUNCE_TYPES if a in announce),
@@ -175,4 +200,18 @@ def parse_feed_request(
         query_text=" ".join((raw_q or "").split()) if not query.is_empty else "",
         match=_choice(args, "match", MATCHES),
         similar=similar,
+        top=top,
     )
+
+
+def _top(args: MultiDict, window_days: int) -> str | None:
+    """top=week or month (empty: none); refused when the window is shorter than the days it lists."""
+    raw = (_single(args, "top") or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in TOPS:
+        raise BadParameter(f"parameter 'top' must be one of {', '.join(TOPS)}, got {raw[:40]!r}", "top")
+    if TOPS[raw] > window_days:
+        raise BadParameter(f"parameter 'top' cannot be {raw}: this server keeps only the last {window_days} "
+                           f"day{'s' if window_days != 1 else ''} of papers (FEEDPROXY_WINDOW_DAYS)", "top")
+    return raw

@@ -189,8 +189,8 @@ def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     """The papers a feed lists for ``params``, in its order (shared with the web page's preview)."""
     return search_snapshots(
         [snapshot for _, snapshot in current], params.query, now=current[0][0].store.clock(),
-        min_upvotes=params.min_upvotes, days=params.days, sort=params.sort, limit=params.limit,
-        announce=params.announce, match=params.match, similar=params.similar,
+        min_upvotes=params.min_upvotes, days=params.searched_days, sort=params.sort, limit=params.limit,
+        announce=params.announce, match=params.match, similar=params.similar, top=params.top is not None,
     )
 
 

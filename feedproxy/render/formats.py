@@ -88,14 +88,17 @@ def entry_html(paper: Paper) -> str:
     if paper.organization:
         stats.append(e(paper.organization))
     parts.append(f"<p>{' · '.join(stats)}</p>")
-    links = [(paper.url, "Source" if paper.link else "Hugging Face")]
+    # (href, label, what follows the link)
+    links = [(paper.url, "Source" if paper.link else "Hugging Face", "")]
     if paper.is_arxiv:
-        links += [(paper.arxiv_url, "arXiv"), (paper.pdf_url, "PDF")]
+        links += [(paper.arxiv_url, "arXiv", ""), (paper.pdf_url, "PDF", "")]
     if paper.github_repo:
-        links.append((paper.github_repo, "GitHub"))
+        stars = f" ({_plural(paper.github_stars, 'star')})" if paper.github_stars is not None else ""
+        links.append((paper.github_repo, "GitHub", stars))
     if paper.project_page:
-        links.append((paper.project_page, "Project page"))
-    parts.append("<p>" + " · ".join(f'<a href="{e(href)}">{label}</a>' for href, label in links) + "</p>")
+        links.append((paper.project_page, "Project page", ""))
+    parts.append("<p>" + " · ".join(f'<a href="{e(href)}">{label}</a>{after}' for href, label, after in links)
+                 + "</p>")
     if paper.ai_keywords:
         parts.append(f"<p><strong>Keywords:</strong> {e(', '.join(paper.ai_keywords))}</p>")
     parts.append(MORE_SLOT)

@@ -13,6 +13,10 @@ fields separated by NUL: "are these stems adjacent" is then a substring test,
 and a term's frequency is ``str.count``. A phrase is first narrowed to the
 papers holding all its stems; only those are checked, and for a date-sorted
 page only until the page is full.
+
+Filters (has:code, stars>=100) are bitsets too: one per has: value, and for each
+count (upvotes, stars, comments) a list of nested masks, "at least N" for every
+N some paper has, so any comparison is a bisection and one or two masks.
 """
 
 from __future__ import annotations
@@ -31,14 +35,21 @@ import numpy as np
 from feedproxy.errors import ConceptsUnavailable
 from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex
 from feedproxy.search.query import (
-    And, Concept, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
+    And, Compare, Concept, Has, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
 )
 from feedproxy.upstream.papers import Paper, newest_first
 
-SORTS = ("date", "upvotes", "relevance")
+SORTS = ("date", "upvotes", "relevance", "trending")
+# sort=trending: upvotes per hour since the paper was listed, counted to the newest paper's listing
+# time (not the clock, so every instance holding the same papers gives the same order), and as if
+# listed at least this many hours before, so the newest papers' first upvotes do not divide by zero.
+TRENDING_MIN_HOURS = 2.0
 
-# The order of fields in a paper's stem string.
-_LAYOUT = ("title", "abstract", "keyword", "author")
+# The order of fields in a paper's stem string. Bare words and phrases search the first four, so
+# those with their own prefix only (org:, submitter:) come last: a paper's "any field" is a prefix.
+_LAYOUT = ("title", "abstract", "keyword", "author", "org", "submitter")
+_ANY_FIELDS = _LAYOUT[:4]
+_ANY_FIELD_END = _ANY_FIELDS[-1]
 _SEPARATOR = "\0"
 # A stem's postings stay an array until the bitset would be at most this many
 # times bigger: bitsets are faster to combine, arrays far smaller when rare.
@@ -55,6 +66,7 @@ _TITLE_EXTRA = 2
 _LAST_STEM_CODE = 0x88000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+_MICROS_PER_HOUR = 3_600_000_000
 _BIT_DIGITS = bytes.maketrans(b"\0\1", b"01")
 _CONCEPT_CACHE_SIZE = 64  # concepts' scores kept per index (9,877 floats each: 40 kB)
 
@@ -150,22 +162,24 @@ class PaperIndex:
             self._splits[joined] = known + _SEPARATOR + parts
 
     def _index_filters(self) -> None:
-        """Build what the filters and sorts need: dates, upvotes, text lengths."""
-        average = sum(map(len, self._texts)) / len(self._texts) if self._texts else 1.0
-        self._norms = array("d", (_K1 * (1 - _B + _B * len(t) / (average or 1.0)) for t in self._texts))
+        """Build what the filters and sorts need: dates, counts, links, text lengths."""
+        # The length of the text bare words search: a BM25 norm.
+        lengths = self._ends[_ANY_FIELD_END]
+        average = sum(lengths) / len(lengths) if lengths else 1.0
+        self._norms = array("d", (_K1 * (1 - _B + _B * length / (average or 1.0)) for length in lengths))
         self._upvotes = array("q", (p.upvotes for p in self.papers))
         self._all = (1 << len(self.papers)) - 1
         # Newest first, so the papers published at or after a moment are a prefix.
         self._published_keys = [-_micros(p.published) for p in self.papers]
-        # _upvote_masks[i]: the papers with at least -_upvote_keys[i] upvotes (keys ascending).
-        self._upvote_keys: list[int] = []
-        self._upvote_masks: list[int] = []
-        mask = 0
-        by_upvotes = sorted(range(len(self.papers)), key=lambda n: -self._upvotes[n])
-        for upvotes, group in itertools.groupby(by_upvotes, key=self._upvotes.__getitem__):
-            mask |= _bits_from_positions(list(group))
-            self._upvote_keys.append(-upvotes)
-            self._upvote_masks.append(mask)
+        self._upvote_levels = _Levels(self._upvotes)
+        self._counts = {
+            "stars": _Levels([p.github_stars for p in self.papers]),
+            "comments": _Levels([p.comments for p in self.papers]),
+        }
+        self._has = {
+            "code": _bits_from_positions([n for n, p in enumerate(self.papers) if p.github_repo]),
+            "project": _bits_from_positions([n for n, p in enumerate(self.papers) if p.project_page]),
+        }
 
     def __len__(self) -> int:
         return len(self.papers)
@@ -178,11 +192,16 @@ class PaperIndex:
         since: datetime | None = None,
         sort: str = "date",
         limit: int = 50,
+        top: bool = False,
+        trending_at: datetime | None = None,
     ) -> list[Paper]:
         """Return up to ``limit`` papers matching ``query`` and the filters, in ``sort`` order.
 
         date: newest first (ties by id, descending); upvotes: most first, ties by
-        date; relevance: BM25 over the searched terms, ties by date.
+        date; relevance: BM25 over the searched terms, ties by date; trending:
+        trending_score counted to ``trending_at`` (default: this index's newest
+        paper), ties by date. ``top``: only the ``limit`` most upvoted matches,
+        in ``sort`` order.
         """
         if sort not in SORTS:
             raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
@@ -194,12 +213,13 @@ class PaperIndex:
         if not scope or not limit:
             return []
         search = _Search(self, scope)
-        if sort == "date":
+        if top:
+            chosen = _bits_from_positions(self._most_upvoted(search.matches(query.root), limit))
+            found = self._ordered(query.root, chosen, sort, limit, trending_at, search)
+        elif sort == "date":
             found = search.newest(query.root, limit)
-        elif sort == "upvotes":
-            found = self._most_upvoted(search.matches(query.root), limit)
         else:
-            found = self._most_relevant(query.root, search.matches(query.root), limit, search)
+            found = self._ordered(query.root, search.matches(query.root), sort, limit, trending_at, search)
         return [self.papers[n] for n in found]
 
     def number_of(self, paper_id: str) -> int | None:
@@ -214,7 +234,7 @@ class PaperIndex:
         number = self.number_of(paper_id)
         found = []
         for leaf in positive_leaves(root):
-            fields = [leaf.field] if leaf.field else list(_LAYOUT)
+            fields = [leaf.field] if leaf.field else list(_ANY_FIELDS)
             if isinstance(leaf, Term):
                 held = [f for f in fields if self._fields[f].bits(leaf.stem) >> number & 1]
             else:
@@ -250,26 +270,62 @@ class PaperIndex:
         # Caches filled by queries are not part of the index.
         return {k: v for k, v in self.__dict__.items() if k not in ("_numbers", "_concept_cache")}
 
+    def _ordered(
+        self, root: Node | None, matches: int, sort: str, limit: int, trending_at: datetime | None,
+        search: "_Search",
+    ) -> list[int]:
+        """The first ``limit`` of ``matches`` in ``sort`` order."""
+        if sort == "date":
+            return list(itertools.islice(_positions(matches), limit))
+        if sort == "upvotes":
+            return self._most_upvoted(matches, limit)
+        if sort == "trending":
+            return self._most_trending(matches, limit, trending_at)
+        return self._most_relevant(root, matches, limit, search)
+
     def count(self, query: Query, *, min_upvotes: int = 0, since: datetime | None = None) -> int:
         """Return how many papers match ``query`` and the filters: a bit count, none of them listed or sorted."""
         scope = self._scope(min_upvotes, since)
         return _Search(self, scope).matches(query.root).bit_count() if scope else 0
 
+    def count_since(
+        self, query: Query, moments: Sequence[datetime], *, min_upvotes: int = 0, since: datetime | None = None
+    ) -> list[int]:
+        """For each of ``moments``, how many papers matching ``query`` and the filters were listed at or after it.
+
+        One search and a bit count per moment: the differences of consecutive
+        moments are the matches listed between them (the page's weekly chart).
+        """
+        scope = self._scope(min_upvotes, since)
+        matches = _Search(self, scope).matches(query.root) if scope else 0
+        return [(matches & self._listed_since(moment)).bit_count() for moment in moments]
+
+    def _listed_since(self, moment: datetime) -> int:
+        """The papers listed at or after ``moment``: a prefix, as papers are numbered newest first."""
+        return (1 << bisect_right(self._published_keys, -_micros(moment))) - 1
+
     def _scope(self, min_upvotes: int, since: datetime | None) -> int:
         """Return the papers that pass the filters."""
         scope = self._all
         if since is not None:
-            scope &= (1 << bisect_right(self._published_keys, -_micros(since))) - 1
+            scope &= self._listed_since(since)
         if min_upvotes > 0:
-            level = bisect_right(self._upvote_keys, -min_upvotes) - 1
-            scope &= self._upvote_masks[level] if level >= 0 else 0
+            scope &= self._upvote_levels.at_least(min_upvotes)
         return scope
 
+    def has(self, what: str) -> int:
+        """Return the papers with a GitHub repository (``what`` "code") or a project page ("project")."""
+        return self._has[what]
+
+    def compare(self, count: str, operator: str, value: int) -> int:
+        """Return the papers whose ``count`` (stars or comments) compares with ``value`` as ``operator`` says."""
+        return self._counts[count].compare(operator, value)
+
     def postings(self, stem: str, field: str | None) -> int:
-        """Return the papers whose ``field`` (None: any field) holds ``stem``."""
+        """Return the papers whose ``field`` (None: any field a bare word searches) holds ``stem``."""
         if field is not None:
             return self._fields[field].bits(stem)
-        return _any_of(postings.bits(stem) for postings in self._fields.values())
+        return _any_of(self._fields[f].bits(stem) for f in _ANY_FIELDS)
 
     def phrase_variants(self, stems: Sequence[str]) -> tuple[str, ...]:
         """Return the stem strings that spell ``stems`` in a paper: joined or hyphenated."""
@@ -294,15 +350,13 @@ class PaperIndex:
         """Return those of papers ``numbers`` that spell one of ``variants`` in ``field``."""
         if field is not None or len(variants) != 1:
             return [n for n in numbers if self.has_phrase(n, variants, field)]
-        texts, variant = self._texts, variants[0]
-        return [n for n in numbers if variant in texts[n]]
+        texts, ends, variant = self._texts, self._ends[_ANY_FIELD_END], variants[0]
+        return [n for n in numbers if texts[n].find(variant, 0, ends[n]) >= 0]
 
     def has_phrase(self, number: int, variants: tuple[str, ...], field: str | None) -> bool:
-        """Tell whether paper ``number`` spells one of ``variants`` in ``field`` (None: any)."""
+        """Tell whether paper ``number`` spells one of ``variants`` in ``field`` (None: any a bare word searches)."""
         text = self._texts[number]
-        if field is None:
-            return any(v in text for v in variants)
-        start, end = self._field_range(number, field)
+        start, end = (0, self._ends[_ANY_FIELD_END][number]) if field is None else self._field_range(number, field)
         return any(text.find(v, start, end) >= 0 for v in variants)
 
     def _field_range(self, number: int, field: str) -> tuple[int, int]:
@@ -313,15 +367,25 @@ class PaperIndex:
     def _most_upvoted(self, matches: int, limit: int) -> list[int]:
         # The upvote masks are nested: find the smallest that still holds a
         # full page of matches, then sort only the matches inside it.
-        low, high = 0, len(self._upvote_masks) - 1
+        masks = self._upvote_levels.masks
+        low, high = 0, len(masks) - 1
         while low < high:
             middle = (low + high) // 2
-            if (matches & self._upvote_masks[middle]).bit_count() >= limit:
+            if (matches & masks[middle]).bit_count() >= limit:
                 high = middle
             else:
                 low = middle + 1
-        candidates = matches & self._upvote_masks[high]
+        candidates = matches & masks[high] if masks else 0
         return sorted(_positions(candidates), key=lambda n: (-self._upvotes[n], n))[:limit]
+
+    def _most_trending(self, matches: int, limit: int, trending_at: datetime | None) -> list[int]:
+        if not self.papers:
+            return []
+        reference = _micros(trending_at or self.papers[0].published)
+        keys = self._published_keys
+        scored = ((-trending_score(self._upvotes[n], (reference + keys[n]) / _MICROS_PER_HOUR), n)
+                  for n in _positions(matches))
+        return [n for _, n in heapq.nsmallest(limit, scored)]
 
     def _most_relevant(self, root: Node | None, matches: int, limit: int, search: "_Search") -> list[int]:
         concepts = concept_leaves(root)
@@ -379,6 +443,7 @@ class PaperIndex:
         if field is None:
             starts: Iterable[int] = itertools.repeat(0)
             ends = list(map(self._ends["title"].__getitem__, numbers))
+            any_ends = list(map(self._ends[_ANY_FIELD_END].__getitem__, numbers))
         else:
             ranges = [self._field_range(n, field) for n in numbers]
             starts, ends = [r[0] for r in ranges], [r[1] for r in ranges]
@@ -387,10 +452,49 @@ class PaperIndex:
             needle = itertools.repeat(variant)
             in_range = map(str.count, texts, needle, starts, ends)
             if field is None:
-                # The range is the title: add the whole text once more.
-                in_range = (_TITLE_EXTRA * t + a for t, a in zip(in_range, map(str.count, texts, needle)))
+                # The range is the title: add the fields bare words search once more.
+                in_any = map(str.count, texts, needle, itertools.repeat(0), any_ends)
+                in_range = (_TITLE_EXTRA * t + a for t, a in zip(in_range, in_any))
             counts = [c + f for c, f in zip(counts, in_range)]
         return counts
+
+
+class _Levels:
+    """One count of every paper (upvotes, stars, comments) as nested bitsets, for comparisons.
+
+    ``masks[i]`` holds the papers whose count is at least ``-keys[i]`` (keys
+    ascending, so counts descending and masks growing). A paper whose count is
+    unknown (None: stars without a repository) is in no mask and matches no comparison.
+    """
+
+    __slots__ = ("keys", "masks", "known")
+
+    def __init__(self, counts: Sequence[int | None]) -> None:
+        self.keys: list[int] = []
+        self.masks: list[int] = []
+        mask = 0
+        known = [n for n, c in enumerate(counts) if c is not None]
+        for count, group in itertools.groupby(sorted(known, key=lambda n: -counts[n]), key=counts.__getitem__):
+            mask |= _bits_from_positions(list(group))
+            self.keys.append(-count)
+            self.masks.append(mask)
+        self.known = mask
+
+    def at_least(self, value: int) -> int:
+        level = bisect_right(self.keys, -value) - 1
+        return self.masks[level] if level >= 0 else 0
+
+    def compare(self, operator: str, value: int) -> int:
+        if operator == ">=":
+            return self.at_least(value)
+        if operator == ">":
+            return self.at_least(value + 1)
+        if operator == "<=":
+            return self.known & ~self.at_least(value + 1)
+        if operator == "<":
+            return self.known & ~self.at_least(value)
+        assert operator == "=", operator
+        return self.at_least(value) & ~self.at_least(value + 1)
 
 
 class _FieldPostings:
@@ -494,6 +598,12 @@ class _Search:
             if not variants:
                 return 0, 0
             return 0, self.scope & _all_of(self.index.postings(s, node.field) for s in set(node.stems))
+        if isinstance(node, Has):
+            found = self.index.has(node.what) & self.scope
+            return found, found
+        if isinstance(node, Compare):
+            found = self.index.compare(node.count, node.operator, node.value) & self.scope
+            return found, found
         if isinstance(node, Not):
             sure, maybe = self.bounds(node.operand)
             return self.scope & ~maybe, self.scope & ~sure
@@ -537,8 +647,25 @@ def _bits_from_mask(mask: np.ndarray) -> int:
 
 
 def _field_texts(paper: Paper) -> tuple[Sequence[str], ...]:
-    """Return the searchable texts of ``paper`` in ``_LAYOUT`` order."""
-    return (paper.title,), (paper.abstract,), paper.ai_keywords, paper.authors
+    """Return the searchable texts of ``paper`` in ``_LAYOUT`` order.
+
+    author: holds the names and the Hugging Face user names; org: the organisation's name, display
+    name and id.
+    """
+    organization = tuple(dict.fromkeys(t for t in (paper.organization_name, paper.organization,
+                                                   paper.organization_id) if t))
+    return ((paper.title,), (paper.abstract,), paper.ai_keywords, paper.authors + paper.author_users, organization,
+            (paper.submitter,) if paper.submitter else ())
+
+
+def trending_score(upvotes: int, hours_listed: float) -> float:
+    """sort=trending: upvotes per hour since the paper was listed, counting at least TRENDING_MIN_HOURS."""
+    return upvotes / max(hours_listed, TRENDING_MIN_HOURS)
+
+
+def hours_between(earlier: datetime, later: datetime) -> float:
+    """Hours from ``earlier`` to ``later``, computed as the index computes them (whole microseconds)."""
+    return (_micros(later) - _micros(earlier)) / _MICROS_PER_HOUR
 
 
 def _stem_char(number: int) -> str:

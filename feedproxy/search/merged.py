@@ -2,16 +2,18 @@
 
 Merging sources deduplicates papers by id (an arXiv id is the same paper
 wherever it is listed): the first source named wins, so a paper keeps one entry
-id in a merged feed.
+id in a merged feed. Trending scores are counted to the newest paper of all the
+snapshots searched, so they compare across sources.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Iterable, Sequence
 
 from feedproxy.errors import BadParameter
-from feedproxy.search.index import concept_text
+from feedproxy.search.index import concept_text, hours_between, trending_score
 from feedproxy.search.query import And, Concept, Query
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.window import window_start
@@ -30,13 +32,16 @@ def search_snapshots(
     announce: Sequence[str] = (),
     match: str = "keyword",
     similar: str | None = None,
+    top: bool = False,
 ) -> list[Paper]:
     """Search each snapshot and merge the results: deduplicated by id (first wins), sorted, limited.
 
     ``match`` applies keyword, concept or hybrid matching to the whole query (Query.matching);
-    ``similar`` keeps the papers near in meaning to the paper with that id (not the paper itself).
+    ``similar`` keeps the papers near in meaning to the paper with that id (not the paper itself);
+    ``top``: only the ``limit`` most upvoted matches, in ``sort`` order (see PaperIndex.search).
     """
     since = _since(snapshots, now, days)
+    newest = _newest(snapshots)
     query = prepared(snapshots, query, match, similar)
     if similar is not None:
         limit += 1  # the paper itself is near itself: it is dropped below
@@ -44,9 +49,10 @@ def search_snapshots(
     for snapshot in snapshots:
         # With an announce filter the index cannot stop at `limit`: filter, then cut.
         wanted = len(snapshot.papers) if announce else limit
-        found = snapshot.index.search(query, min_upvotes=min_upvotes, since=since, sort=sort, limit=wanted)
+        found = snapshot.index.search(query, min_upvotes=min_upvotes, since=since, sort=sort, limit=wanted,
+                                      top=top and not announce, trending_at=newest)
         if announce:
-            found = [p for p in found if p.announce_type in announce][:limit]
+            found = _keep_top([p for p in found if p.announce_type in announce], limit, top)[:limit]
         ranked.append(found)
     if similar is not None:
         ranked = [[p for p in found if p.id != similar] for found in ranked]
@@ -64,10 +70,14 @@ def search_snapshots(
         if paper.id not in seen:
             seen.add(paper.id)
             merged.append(paper)
+    merged = _keep_top(merged, limit, top)
     if sort == "date":
         merged.sort(key=recency, reverse=True)
     elif sort == "upvotes":
-        merged.sort(key=lambda p: (p.upvotes, *recency(p)), reverse=True)
+        merged.sort(key=_upvotes, reverse=True)
+    elif sort == "trending" and newest is not None:
+        merged.sort(key=lambda p: (trending_score(p.upvotes, hours_between(p.published, newest)), *recency(p)),
+                    reverse=True)
     return merged[:limit]
 
 
@@ -129,6 +139,17 @@ def _shown(leaf) -> str:
     words = leaf.words or leaf.stems if hasattr(leaf, "words") else (leaf.word or leaf.stem,)
     return '"' + " ".join(words) + '"'
 
+def _upvotes(paper: Paper) -> tuple:
+    """The most-upvoted-first sort key (reversed), ties newest first, as the index orders them."""
+    return paper.upvotes, *recency(paper)
+
+
+def _keep_top(papers: list[Paper], limit: int, top: bool) -> list[Paper]:
+    """With ``top``, only the ``limit`` most upvoted of ``papers``, in the order given; else all of them."""
+    if not top:
+        return papers
+    kept = {p.id for p in sorted(papers, key=_upvotes, reverse=True)[:limit]}
+    return [p for p in papers if p.id in kept]
 
 
 def count_matches(
@@ -144,16 +165,65 @@ def count_matches(
     since = _since(snapshots, now, days)
     if len(snapshots) == 1 and not announce:
         return snapshots[0].index.count(query, min_upvotes=min_upvotes, since=since)
-    ids: set[str] = set()
+    return len(_every_match(snapshots, query, min_upvotes, since, announce))
+
+
+def _every_match(snapshots: Sequence[Snapshot], query: Query, min_upvotes: int, since: datetime | None,
+                 announce: Sequence[str]) -> dict[str, Paper]:
+    """Every paper matching, by id (the first source's copy), in no particular order."""
+    found: dict[str, Paper] = {}
     for snapshot in snapshots:
-        found = snapshot.index.search(query, min_upvotes=min_upvotes, since=since, limit=len(snapshot.papers))
-        ids.update(p.id for p in found if not announce or p.announce_type in announce)
-    return len(ids)
+        for paper in snapshot.index.search(query, min_upvotes=min_upvotes, since=since, limit=len(snapshot.papers)):
+            if not announce or paper.announce_type in announce:
+                found.setdefault(paper.id, paper)
+    return found
+
+
+def weekly_counts(
+    snapshots: Sequence[Snapshot],
+    query: Query,
+    *,
+    now: datetime,
+    min_upvotes: int = 0,
+    days: int | None = None,
+    announce: Sequence[str] = (),
+) -> list[tuple[date, int]]:
+    """How many papers match in each week (Monday to Sunday, UTC), from the first week searched to the newest.
+
+    Weeks run from the oldest paper held (or the start of ``days``) to the newest paper, every
+    week listed, with matches or without. For one snapshot the index counts them (a bit count per week).
+    """
+    newest = _newest(snapshots)
+    if newest is None:
+        return []
+    since = _since(snapshots, now, days)
+    oldest = min(s.papers[-1].published for s in snapshots if s.papers)
+    first, last = _monday(max(oldest, since) if since else oldest), _monday(newest)
+    mondays = [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]
+    starts = [datetime.combine(monday, time(), timezone.utc) for monday in mondays]
+    if len(snapshots) == 1 and not announce:
+        listed_since = snapshots[0].index.count_since(query, starts, min_upvotes=min_upvotes, since=since)
+        counts = [n - later for n, later in zip(listed_since, [*listed_since[1:], 0])]
+    else:
+        found = _every_match(snapshots, query, min_upvotes, since, announce).values()
+        by_week = Counter(_monday(p.published) for p in found)
+        counts = [by_week[monday] for monday in mondays]
+    return list(zip(mondays, counts))
+
+
+def _monday(moment: datetime) -> date:
+    """The Monday (UTC) of the week ``moment`` falls in."""
+    day = moment.astimezone(timezone.utc).date()
+    return day - timedelta(days=day.weekday())
+
+
+def _newest(snapshots: Sequence[Snapshot]) -> datetime | None:
+    return max((s.newest for s in snapshots if s.newest is not None), default=None)
 
 
 def _since(snapshots: Sequence[Snapshot], now: datetime, days: int | None) -> datetime | None:
     """The oldest publication time ``days`` keeps, counted back from the newest paper of all snapshots."""
-    newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
+    newest = _newest(snapshots)
     return window_start(newest, now, timedelta(days=days)) if days is not None and newest else None
 
 

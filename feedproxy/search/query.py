@@ -8,6 +8,9 @@ The language, by example::
     "language model"               words adjacent and in order
     title:agent author:"g hinton"  restrict a word or a quoted phrase to one field
     ~pretraining ~"tool use"       a concept: papers near that meaning (search.concepts)
+    org:google submitter:akhaliq   ...the organisation (name, display name or id) or who submitted it
+    has:code has:project           papers with a GitHub repository, with a project page
+    stars>=100 comments>0          compare a count: >=, >, <=, < or =
 
 Precedence, tightest first: NOT and -, then OR, then AND (writing terms side by
 side, or an upper-case AND between them). As in web search, ``video diffusion OR
@@ -46,6 +49,16 @@ Decisions the spec leaves open:
   cache keys for one search; their ``root`` trees compare equal.
 - Only real HTML formatting tags are removed: "<think>" or "n<m" in an
   abstract are text.
+- Bare words search the title, abstract, AI keywords and authors (names and
+  Hugging Face user names), not the organisation or the submitter: those only
+  through org: and submitter:.
+- ``has:`` and the comparisons are filters: they match or not, add nothing to
+  a relevance score, and count as one term each. A filter alone is a query
+  (``has:code`` lists every paper with code); ``-has:code`` alone only excludes,
+  so it is refused like ``-survey``. ``stars`` compares only papers whose
+  repository has a known star count: ``stars<10`` leaves out papers without
+  code, ``-stars>=10`` keeps them. A comparison is one word: ``stars >= 10``,
+  with spaces, is three words.
 
 Error messages give a 1-based column and an excerpt; ``QueryError.position`` is
 the same place 0-based. Nothing from the user is compiled into a regex.
@@ -66,11 +79,16 @@ from typing import NamedTuple, Union
 import snowballstemmer
 
 from feedproxy.errors import QueryError
+from feedproxy.numbers import parse_whole_number
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30
 MAX_NESTING = 32  # parentheses inside parentheses: bounds the recursion in parsing and searching
-FIELDS = ("title", "abstract", "author", "keyword")
+FIELDS = ("title", "abstract", "author", "keyword", "org", "submitter")
+HAS = ("code", "project")  # has:code, has:project
+COUNTS = ("stars", "comments")  # stars>=N, comments>=N
+OPERATORS = (">=", "<=", ">", "<", "=")
+MAX_COUNT = 10**9 - 1
 
 
 # --- Text normalisation, shared with the index -------------------------------
@@ -350,7 +368,24 @@ class Not:
     operand: Node
 
 
-Node = Union[Term, Phrase, Concept, And, Or, Not]
+@dataclass(frozen=True)
+class Has:
+    """A filter: the paper has a GitHub repository (``what`` "code") or a project page ("project")."""
+
+    what: str
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A filter: one of the paper's COUNTS compared with a number, e.g. stars>=100."""
+
+    count: str
+    operator: str
+    value: int
+
+
+Node = Union[Term, Phrase, Concept, And, Or, Not, Has, Compare]
+FILTERS = (Has, Compare)
 MATCHES = ("keyword", "concept", "hybrid")
 
 
@@ -392,16 +427,17 @@ def _words_of(leaf: Term | Phrase) -> str:
 
 def _as_concepts(node: Node) -> Node:
     """Words searched for side by side become one concept ("video diffusion" is ~"video diffusion");
-    alternatives stay alternatives, and exclusions stay keyword exclusions."""
+    alternatives stay alternatives; exclusions, words in a field (author:, org:...) and filters stay
+    as they are."""
     if isinstance(node, (Term, Phrase)):
-        return Concept(_words_of(node))
-    if isinstance(node, (Concept, Not)):
+        return node if node.field else Concept(_words_of(node))
+    if isinstance(node, (Concept, Not, *FILTERS)):
         return node
     if isinstance(node, Or):
         return Or(tuple(_as_concepts(op) for op in node.operands))
-    words = [_words_of(op) for op in node.operands if isinstance(op, (Term, Phrase))]
-    others = [_as_concepts(op) for op in node.operands if not isinstance(op, (Term, Phrase))]
-    return _all_of(([Concept(" ".join(words))] if words else []) + others)
+    loose = [op for op in node.operands if isinstance(op, (Term, Phrase)) and not op.field]
+    others = [_as_concepts(op) for op in node.operands if op not in loose]
+    return _all_of(([Concept(" ".join(_words_of(op) for op in loose))] if loose else []) + others)
 
 
 def concept_leaves(node: Node | None) -> list[Concept]:
@@ -410,7 +446,7 @@ def concept_leaves(node: Node | None) -> list[Concept]:
         return []
     if isinstance(node, Concept):
         return [node]
-    if isinstance(node, (Term, Phrase)):
+    if isinstance(node, (Term, Phrase, *FILTERS)):
         return []
     return list(dict.fromkeys(leaf for op in node.operands for leaf in concept_leaves(op)))
 
@@ -420,8 +456,8 @@ def _leaf_stems(leaf: Term | Phrase) -> tuple[str, ...]:
 
 
 def positive_leaves(node: Node | None) -> list[Term | Phrase]:
-    """Return the terms and phrases a match is scored on: those not under a NOT."""
-    if node is None or isinstance(node, (Not, Concept)):
+    """Return the terms and phrases a match is scored on: those not under a NOT (filters are not scored)."""
+    if node is None or isinstance(node, (Not, Concept, *FILTERS)):
         return []
     if isinstance(node, (Term, Phrase)):
         return [node]
@@ -477,21 +513,26 @@ def parse_query(text: str | None) -> Query:
 _QUOTES = '"\u201c\u201d\u201e'
 _DELIMITERS = "()|" + _QUOTES
 _FIELD_PREFIX = re.compile(r"[A-Za-z]+:")
-_FIELD_LIST = ", ".join(f"{name}:" for name in FIELDS)
+_FIELD_LIST = ", ".join(f"{name}:" for name in FIELDS) + ", has:"
+_COMPARISON = re.compile(rf"({'|'.join(COUNTS)})({'|'.join(map(re.escape, OPERATORS))})", re.IGNORECASE)
 
 
 class _Token(NamedTuple):
-    kind: str  # "(", ")", "OR", "AND", "NOT", "WORD", "PHRASE", "CONCEPT", "END"
+    kind: str  # "(", ")", "OR", "AND", "NOT", "WORD", "PHRASE", "CONCEPT", "FILTER", "END"
     pos: int
     text: str = ""
     field: str | None = None
+    node: Has | Compare | None = None  # a FILTER's node
 
 
 def _excerpt(text: str, pos: int) -> str:
     start, end = max(pos - 12, 0), min(pos + 13, len(text))
+    return ("…" if start else "") + _printable(text[start:end]) + ("…" if end < len(text) else "")
+
+
+def _printable(text: str) -> str:
     # Control characters and lone surrogates would garble or break the response.
-    shown = "".join(c if c.isprintable() else "\ufffd" for c in text[start:end])
-    return ("…" if start else "") + shown + ("…" if end < len(text) else "")
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _error(text: str, pos: int, problem: str, hint: str = "") -> QueryError:
@@ -519,6 +560,8 @@ def _lex(text: str) -> list[_Token]:
         elif char == "-" and i + 1 < n and not text[i + 1].isspace() and text[i + 1] not in "-)|":
             tokens.append(_Token("NOT", i, "-"))
             i += 1
+        elif comparison := _COMPARISON.match(text, i):
+            i = _lex_comparison(text, i, comparison, tokens)
         elif field := _FIELD_PREFIX.match(text, i):
             i = _lex_field(text, i, field.end(), tokens)
         else:
@@ -561,9 +604,13 @@ def _lex_concept(text: str, start: int, tokens: list[_Token]) -> int:
 
 def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
     name = text[start : value - 1].lower()
-    if name not in FIELDS:
+    if name not in FIELDS and name != "has":
         problem = f'unknown field "{text[start:value - 1]}:"'
+        if name in COUNTS:
+            raise _error(text, start, problem, f"compare {name} with >=, >, <=, < or =, e.g. {name}>=10")
         raise _error(text, start, problem, f"the fields are {_FIELD_LIST} (put text with a colon in quotes)")
+    if name == "has":
+        return _lex_has(text, start, value, tokens)
     if value == len(text) or text[value].isspace() or text[value] in ")|":
         raise _error(text, start, f'"{name}:" needs a word or a quoted phrase right after the colon')
     if text[value] == "(":
@@ -574,6 +621,28 @@ def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
         return _lex_phrase(text, start, value, name, tokens)
     end = _word_end(text, value)
     tokens.append(_Token("WORD", start, text[value:end], name))
+    return end
+
+
+def _lex_has(text: str, start: int, value: int, tokens: list[_Token]) -> int:
+    end = _word_end(text, value)
+    what = text[value:end].lower()
+    if what not in HAS:
+        given = f', not "{_printable(text[value:end][:20])}"' if what else " right after the colon"
+        raise _error(text, start, f'"has:" takes {" or ".join(HAS)}{given}', "e.g. has:code")
+    tokens.append(_Token("FILTER", start, text[start:end], node=Has(what)))
+    return end
+
+
+def _lex_comparison(text: str, start: int, match: re.Match, tokens: list[_Token]) -> int:
+    count, operator = match.group(1).lower(), match.group(2)
+    end = _word_end(text, match.end())
+    try:
+        value = parse_whole_number(text[match.end() : end], 0, MAX_COUNT)
+    except ValueError:
+        raise _error(text, start, f'"{count}{operator}" needs a whole number from 0 to {MAX_COUNT} right after it',
+                     f"e.g. {count}>=10") from None
+    tokens.append(_Token("FILTER", start, text[start:end], node=Compare(count, operator, value)))
     return end
 
 
@@ -713,6 +782,9 @@ class _Parser:
             if not words:
                 raise self._error(token.pos, "this phrase has no letters or digits")
             return self._leaf(token, words)
+        if token.kind == "FILTER":
+            self._count_terms(token, 1)
+            return token.node
         assert token.kind == "WORD", token  # the callers stop at every other kind
         words = query_words(token.text)
         if not words:
@@ -721,10 +793,13 @@ class _Parser:
             return None
         return self._leaf(token, words)
 
-    def _leaf(self, token: _Token, words: tuple[tuple[str, str], ...]) -> Term | Phrase:
-        self.term_count += len(words)
+    def _count_terms(self, token: _Token, count: int) -> None:
+        self.term_count += count
         if self.term_count > MAX_TERMS:
             raise self._error(token.pos, f"the query has more than {MAX_TERMS} terms", "remove some words")
+
+    def _leaf(self, token: _Token, words: tuple[tuple[str, str], ...]) -> Term | Phrase:
+        self._count_terms(token, len(words))
         if len(words) == 1:
             return Term(words[0][1], token.field, words[0][0])
         return Phrase(tuple(s for _, s in words), token.field, tuple(w for w, _ in words))
@@ -768,6 +843,10 @@ def _render(node: Node, parent: type | None = None) -> str:
         return f"{node.field}:{quoted}" if node.field else quoted
     if isinstance(node, Concept):
         return "~" + (node.text if " " not in node.text else f'"{node.text}"')
+    if isinstance(node, Has):
+        return f"has:{node.what}"
+    if isinstance(node, Compare):
+        return f"{node.count}{node.operator}{node.value}"
     if isinstance(node, Not):
         return "-" + _render(node.operand, Not)
     if isinstance(node, And):

@@ -16,6 +16,12 @@
   const copyStatus = document.getElementById("copy-status");
   const status = document.getElementById("preview-status");
   const list = document.getElementById("papers");
+  const chartFigure = document.getElementById("chart-figure");
+  const chart = document.getElementById("chart");
+  const chartTitle = document.getElementById("chart-title");
+  const chartSummary = document.getElementById("chart-summary");
+  const chartRows = document.getElementById("chart-rows");
+  const SVG = "http://www.w3.org/2000/svg";
   const examples = document.querySelectorAll("a.example");
   let timer = null;
   let inFlight = null;
@@ -81,11 +87,26 @@
       const date = document.createElement("time");
       date.dateTime = paper.published;
       date.textContent = paper.published.slice(0, 10);
+      meta.append(date, " · " + plural(paper.upvotes, "upvote"));
+      if (paper.organization) {
+        const org = document.createElement("span");
+        org.className = "org";
+        org.textContent = paper.organization;
+        meta.append(" · ", org);
+      }
+      if (paper.github_repo) {
+        const code = document.createElement("a");
+        code.className = "code";
+        code.href = paper.github_repo;
+        code.textContent = "code";
+        meta.append(" · ", code);
+        if (paper.github_stars !== null) meta.append(" (" + plural(paper.github_stars, "star") + ")");
+      }
       const similar = document.createElement("a");
       similar.className = "similar";
       similar.href = paper.similar_url;
       similar.textContent = "more like this";
-      meta.append(date, " · " + plural(paper.upvotes, "upvote") + " · ", similar);
+      meta.append(" · ", similar);
       item.append(link, " ", meta);
       if (paper.why) {
         const why = document.createElement("span");
@@ -98,11 +119,39 @@
     list.replaceChildren(...items);
   }
 
+  // The chart of matching papers per week, laid out by the server: one rect per week with matches.
+  function showChart(data) {
+    chartFigure.hidden = !data;
+    if (!data) return;
+    chart.setAttribute("viewBox", "0 0 " + data.width + " " + data.height);
+    chartTitle.textContent = data.summary;
+    chartSummary.textContent = data.summary;
+    const bars = data.bars.map(function (bar) {
+      const rect = document.createElementNS(SVG, "rect");
+      for (const name of ["x", "y", "width", "height"]) rect.setAttribute(name, String(bar[name]));
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = bar.label;
+      rect.append(title);
+      return rect;
+    });
+    chart.replaceChildren(chartTitle, ...bars);
+    chartRows.replaceChildren(...data.bars.map(function (bar) {
+      const row = document.createElement("tr");
+      for (const text of [bar.week, String(bar.count)]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      return row;
+    }));
+  }
+
   function show(httpStatus, body) {
     const refused = httpStatus >= 400 && httpStatus < 500; // the parameters: the user can fix them
     showError(refused ? body.error : "", body.parameter || "q");
     showFeed(refused ? {} : body);
     showPapers(body.papers || []);
+    showChart(httpStatus === 200 ? body.chart : null);
     if (httpStatus === 200) {
       status.textContent = body.count ? plural(body.count, "paper") + ", as the feed lists them." : "No papers match.";
     } else if (refused) {

@@ -57,6 +57,7 @@ INDEX_GLOBALS = frozenset({
     ("feedproxy.store.files", "SavedIndex"),
     ("feedproxy.search.index", "PaperIndex"),
     ("feedproxy.search.index", "_FieldPostings"),
+    ("feedproxy.search.index", "_Levels"),
     ("feedproxy.search.concepts", "ConceptIndex"),
     ("feedproxy.upstream.papers", "Paper"),
     ("feedproxy.upstream.http", "Validators"),
@@ -129,7 +130,7 @@ def _paper_from_json(data: dict) -> Paper:
     data["arxiv_published"] = parse_timestamp(data.get("arxiv_published"))
     if data["published"] is None:
         raise ValueError(f"paper {data.get('id')!r} has no valid published date")
-    for name in ("authors", "ai_keywords"):
+    for name in ("authors", "ai_keywords", "author_users"):
         data[name] = tuple(data.get(name) or ())
     return Paper(**data)
 

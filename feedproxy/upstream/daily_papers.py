@@ -93,13 +93,16 @@ class HttpListing:
         max_bytes: int = 16 * 1024 * 1024,
         max_pages: int = 100,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ):
+        """``token``: a Hugging Face access token, sent as ``Authorization: Bearer`` with every page."""
         self.url = url
         self.description = url
         self.max_pages = max_pages
         self.fetcher = HttpFetcher(
             connect_timeout=connect_timeout, read_timeout=read_timeout, max_bytes=max_bytes,
             accept="application/json", transport=transport,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         )
 
     def pages(self, validators: Validators = NO_VALIDATORS) -> Iterator[Page]:
@@ -154,5 +157,6 @@ def source_for(config) -> ListingSource:
             read_timeout=config.read_timeout,
             max_bytes=config.max_response_bytes,
             max_pages=config.max_pages,
+            token=config.hf_token,
         )
     return FileListing(config.upstream_url)

@@ -124,12 +124,14 @@ class HttpFetcher:
         accept: str = "*/*",
         transport: httpx.BaseTransport | None = None,
         follow_redirects: bool = True,
+        headers: Mapping[str, str] | None = None,
     ):
+        """``headers`` go with every request (Authorization: httpx drops it on a redirect to another origin)."""
         self.max_bytes = max_bytes
         self.deadline = connect_timeout + 2 * read_timeout
         self._client = httpx.Client(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            headers={"User-Agent": USER_AGENT, "Accept": accept, "Accept-Encoding": "gzip"},
+            headers={"User-Agent": USER_AGENT, "Accept": accept, "Accept-Encoding": "gzip", **(headers or {})},
             follow_redirects=follow_redirects,
             max_redirects=5,
             transport=transport,

@@ -26,6 +26,8 @@ _WHITESPACE = re.compile(r"\s+")
 # arXiv ids are the stable key and end up in URLs: accept only their shapes
 # (new style 2405.15738, old style hep-th/9901001) so no id can inject a path.
 _PAPER_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})$", re.IGNORECASE)
+# Hugging Face user and organisation names, and organisation ids (24 hex digits): one word each.
+_HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 def is_arxiv_id(text: str) -> bool:
@@ -84,6 +86,27 @@ def _optional_int(value: object) -> int:
     return max(int(value), 0)
 
 
+def _optional_count(value: object) -> int | None:
+    """A count the API may leave out (githubStars): None when it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return max(int(value), 0)
+
+
+def _hf_name(value: object) -> str:
+    """A Hugging Face user or organisation name (or id) as given, or "" when it is not one."""
+    text = clean_text(value)
+    return text if _HF_NAME.match(text) else ""
+
+
+def _user_name(user: object) -> str:
+    """The user name of a Hugging Face user object: ``user`` in paper.submittedOnDailyBy and
+    authors[].user, ``name`` in the outer submittedBy (where ``fullname`` is a display name)."""
+    if not isinstance(user, dict):
+        return ""
+    return _hf_name(user.get("user")) or _hf_name(user.get("name"))
+
+
 @dataclass(frozen=True)
 class Paper:
     """One paper as listed on Daily Papers, with clean text and UTC dates."""
@@ -100,7 +123,7 @@ class Paper:
     github_repo: str | None = None
     project_page: str | None = None
     thumbnail: str | None = None
-    organization: str = ""
+    organization: str = ""  # the organisation's display name ("Google"), else its name
     arxiv_published: datetime | None = field(default=None, compare=False)
     # Set for entries of RSS/Atom sources: the entry's own page. Empty for Daily Papers.
     link: str = ""
@@ -109,6 +132,15 @@ class Paper:
     # True when the source gave no date: ``published`` is then the document's own date, kept from the
     # first time the entry was seen.
     undated: bool = False
+    # Daily Papers only, all optional (older schemas lack them; saved snapshots from before them load
+    # with these defaults). The organisation's Hugging Face name ("google") and id.
+    organization_name: str = ""
+    organization_id: str = ""
+    github_stars: int | None = None  # None: no repository, or the API gave no count
+    # The Hugging Face user name of whoever put the paper on Daily Papers.
+    submitter: str = ""
+    # The Hugging Face user names of the authors who claimed their authorship, in author order.
+    author_users: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -170,20 +202,21 @@ def paper_from_item(item: object) -> Paper:
     # Authors marked "hidden" on Hugging Face are still listed on arXiv (often
     # the first author), so they stay: dropping them would break author: queries.
     authors_raw = inner.get("authors")
-    authors = tuple(
-        name
-        for name in (
-            clean_text(a.get("name")) for a in (authors_raw if isinstance(authors_raw, list) else ())
-            if isinstance(a, dict)
-        )
-        if name
-    )
+    author_objects = [a for a in (authors_raw if isinstance(authors_raw, list) else ()) if isinstance(a, dict)]
+    authors = tuple(name for name in (clean_text(a.get("name")) for a in author_objects) if name)
     keywords_raw = inner.get("ai_keywords")
     keywords = tuple(
         k for k in (clean_text(k) for k in (keywords_raw if isinstance(keywords_raw, list) else ())) if k
     )
+    github_repo = _optional_url(inner.get("githubRepo"))
     org = item.get("organization") or inner.get("organization")
-    organization = clean_text(org.get("fullname") or org.get("name")) if isinstance(org, dict) else ""
+    if not isinstance(org, dict):
+        org = {}
+    organization = clean_text(org.get("fullname") or org.get("name"))
+    # Where each field lives: submittedOnDailyBy (paper, since 2025-03) or submittedBy (outer, from
+    # 2024-06); the oldest items have neither. Authors carry a user object once they claim the paper.
+    submitter = _user_name(inner.get("submittedOnDailyBy")) or _user_name(item.get("submittedBy"))
+    author_users = tuple(dict.fromkeys(name for name in (_user_name(a.get("user")) for a in author_objects) if name))
 
     return Paper(
         id=paper_id,
@@ -195,9 +228,14 @@ def paper_from_item(item: object) -> Paper:
         comments=_optional_int(item.get("numComments")),
         ai_summary=clean_text(inner.get("ai_summary")),
         ai_keywords=keywords,
-        github_repo=_optional_url(inner.get("githubRepo")),
+        github_repo=github_repo,
         project_page=_optional_url(inner.get("projectPage")),
         thumbnail=_optional_url(item.get("thumbnail")) or _optional_url(item.get("mediaUrl")),
         organization=organization,
         arxiv_published=arxiv_published,
+        organization_name=_hf_name(org.get("name")),
+        organization_id=_hf_name(org.get("_id")),
+        github_stars=_optional_count(inner.get("githubStars")) if github_repo else None,
+        submitter=submitter,
+        author_users=author_users,
     )
