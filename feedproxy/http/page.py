@@ -22,6 +22,7 @@ from feedproxy.errors import BadParameter, NoData, QueryError
 from feedproxy.http.params import FeedRequest, encode_params
 from feedproxy.search.index import SORTS
 from feedproxy.search.query import EMPTY_QUERY, parse_query
+from feedproxy.render.digest import PERIODS
 from feedproxy.render.formats import FORMATS
 from feedproxy.store.sources import current_snapshots
 from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for
@@ -30,7 +31,7 @@ bp = Blueprint("page", __name__)
 
 MAX_OPML_QUERIES = 50
 DEFAULTS = FeedRequest(query=EMPTY_QUERY)
-CONTROLS = ("q", "min_upvotes", "days", "sort", "format", "limit")  # the form's visible controls
+CONTROLS = ("q", "min_upvotes", "days", "sort", "format", "limit", "digest")  # the form's visible controls
 PASSED_ON = ("source", "announce", "url")  # /feed parameters the form keeps in hidden fields
 # Scripts, styles and requests only from this service: no CDN, font or inline script can run,
 # so even a markup injection that slipped past escaping could not execute.
@@ -107,6 +108,7 @@ def index() -> Response:
         window_days=_window_days(),
         sorts=SORTS,
         formats=tuple(FORMATS),
+        digests=PERIODS,
         defaults=DEFAULTS,
         examples=example_links(request.args),
     )

@@ -18,6 +18,7 @@ from feedproxy.numbers import parse_whole_number
 from feedproxy.search.index import SORTS
 from feedproxy.search.query import Query, parse_query
 from feedproxy.upstream.feeds import ANNOUNCE_TYPES
+from feedproxy.render.digest import PERIODS
 from feedproxy.render.formats import FORMATS
 
 MAX_LIMIT = 500
@@ -48,6 +49,7 @@ class FeedRequest:
     announce: tuple[str, ...] = ()  # arXiv announce types to keep; empty: all
     url: str | None = None  # a user-supplied feed URL (only when the operator allows it)
     query_text: str = ""  # what the user typed, whitespace folded (empty when the query is)
+    digest: str | None = None  # daily or weekly: one entry per period instead of one per paper
 
     def url_params(self) -> list[tuple[str, str]]:
         """Every parameter that shapes the feed, in one fixed order, defaults left out, q as typed.
@@ -66,6 +68,8 @@ class FeedRequest:
             params.append(("format", self.format))
         if self.limit != DEFAULT_LIMIT:
             params.append(("limit", str(self.limit)))
+        if self.digest:
+            params.append(("digest", self.digest))
         if self.sources:
             params.append(("source", ",".join(self.sources)))
         if self.announce:
@@ -87,6 +91,8 @@ class FeedRequest:
             parts.append(f"last {self.days} day{'s' if self.days != 1 else ''}")
         if self.announce:
             parts.append("/".join(self.announce))
+        if self.digest:
+            parts.append(f"{self.digest} digest")
         return " · ".join(parts)
 
 
@@ -113,6 +119,14 @@ def _choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}", name)
     return value
+
+
+def _optional_choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str | None:
+    """One of ``choices``, or None when the parameter is missing or empty."""
+    raw = (_single(args, name) or "").strip().lower()
+    if raw and raw not in choices:
+        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {raw[:40]!r}", name)
+    return raw or None
 
 
 def _names(args: MultiDict, name: str) -> tuple[str, ...]:
@@ -158,4 +172,5 @@ def parse_feed_request(
         announce=tuple(a for a in ANNOUNCE_TYPES if a in announce),
         url=url,
         query_text=" ".join((raw_q or "").split()) if not query.is_empty else "",
+        digest=_optional_choice(args, "digest", PERIODS),
     )
