@@ -81,6 +81,8 @@ SETTINGS = (
     "FEEDPROXY_DATA_DIR",
     "FEEDPROXY_FEEDS",
     "FEEDPROXY_ALLOW_URL_HOSTS",
+    "FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS",
+    "FEEDPROXY_WEBSUB_MAX_PER_TOPIC",
 )
 
 DEFAULT_SOURCE = "hf-daily"
@@ -147,6 +149,8 @@ class Config:
     data_dir: str | None = None  # None: keep the snapshot in memory only (tests); from_env always sets it
     feeds: tuple[tuple[str, str], ...] = ()  # (name, url) of extra RSS/Atom sources
     allow_url_hosts: frozenset[str] = frozenset()  # empty: /feed?url= is disabled
+    websub_max_subscriptions: int = 1000  # WebSub subscriptions held at once; 0: no hub, feeds name none
+    websub_max_per_topic: int = 100  # subscriptions to one feed URL
     background_refresh: bool = True
     # Refresh in a child process (feedproxy.refresher) when there is a data folder; from_env
     # turns it on. Off by default so tests with an injected clock refresh in-process.
@@ -179,5 +183,7 @@ class Config:
             data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
             feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),
             allow_url_hosts=parse_allowed_hosts(env.get("FEEDPROXY_ALLOW_URL_HOSTS", "")),
+            websub_max_subscriptions=_int_setting(env, "FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS", 1000, 0, 100_000),
+            websub_max_per_topic=_int_setting(env, "FEEDPROXY_WEBSUB_MAX_PER_TOPIC", 100, 1, 100_000),
             refresh_in_subprocess=True,
         )

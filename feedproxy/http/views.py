@@ -191,6 +191,13 @@ def feed_url(params: FeedRequest, host_url: str | None = None) -> str:
     return (host_url or request.host_url) + "feed" + ("?" + query_string if query_string else "")
 
 
+def hub_url(host_url: str | None = None) -> str | None:
+    """This server's WebSub hub (/websub) at the host asked (or ``host_url``); None when the operator turned it off."""
+    if not current_app.config["FEEDPROXY"].websub_max_subscriptions:
+        return None
+    return (host_url or request.host_url) + "websub"
+
+
 def find_digests(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> list[Digest]:
     """A digest feed's entries: every matching paper grouped by period, the newest ``limit`` periods."""
     everything = replace(params, limit=max(1, sum(len(snapshot.papers) for _, snapshot in current)))
@@ -221,6 +228,7 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]],
         subtitle=f"{', '.join(source.title for source, _ in current)}, filtered by feedproxy",
         alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"
         else "https://huggingface.co/papers",
+        hub_url=hub_url(host_url),
     )
     fmt = FORMATS[params.format]
     # Last-Modified is when the data was last seen to change, not the newest entry's date: a paper
