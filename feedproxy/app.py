@@ -20,7 +20,7 @@ from feedproxy.http.fastpath import FeedFastPath
 from feedproxy.http.feedcache import FeedCache
 from feedproxy.http.page import bp as page_bp
 from feedproxy.http.views import ParsedRequests, bp, handle_http_error, handle_unexpected
-from feedproxy.http.websub import Hub
+from feedproxy.http.websub import TICK_SECONDS, Hub
 from feedproxy.http.websub import bp as websub_bp
 from feedproxy.logs import configure_logging
 from feedproxy.render.formats import EntryCache
@@ -73,7 +73,9 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
         for named in registry:
             threading.Thread(target=named.store.refresh_if_due, name=f"feedproxy-first-refresh-{named.name}",
                              daemon=True).start()
-        threading.Thread(target=hub.run_forever, name="feedproxy-hub", daemon=True).start()
+        # The hub's loop looks at subscribed feeds at least twice per refresh interval.
+        threading.Thread(target=hub.run_forever, args=(min(TICK_SECONDS, config.refresh_seconds / 2),),
+                         name="feedproxy-hub", daemon=True).start()
     configure_logging()
     configure_access_log()
     return app

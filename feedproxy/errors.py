@@ -140,7 +140,7 @@ class CallbackFailed(FeedproxyError):
 
     def __init__(self, message: str, outcome: str) -> None:
         super().__init__(message)
-        self.outcome = outcome  # refused (not a public address), unreachable, timeout, bad_response
+        self.outcome = outcome  # private_address, unreachable, timeout, bad_response
 
 
 class NoData(FeedproxyError):

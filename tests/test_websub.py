@@ -1,5 +1,7 @@
 """WebSub: every feed names the hub at /websub; the hub subscribes, verifies, distributes and counts."""
 
+import hashlib
+import hmac
 import time
 
 import feedparser
@@ -8,10 +10,13 @@ from lxml import etree
 from prometheus_client import REGISTRY
 
 from feedproxy.app import create_app
-from feedproxy.http.websub import Hub
+from feedproxy.http.websub import Hub, HubRequest
+from feedproxy.upstream.callbacks import CallbackClient
 
 from .conftest import make_config
-from .fakesubscriber import FakeSubscriber, callback_client
+from .fakefeeds import LoopbackNetwork
+from .fakesubscriber import PUBLIC, FakeSubscriber, callback_client
+from .test_digest import new_item
 
 ATOM_NS = "{http://www.w3.org/2005/Atom}"
 
@@ -216,3 +221,191 @@ def test_subscriptions_outlive_a_restart(upstream, clock, subscriber, tmp_path):
     again = hub_app(upstream, clock, subscriber, tmp_path)
     [sub] = again.extensions["feedproxy.hub"].db.subscribers(TOPIC, time.time())
     assert (sub.callback, sub.secret) == (CALLBACK, "kept")
+
+
+# --- the hub: distribution -----------------------------------------------------------------
+
+def gain_paper(upstream, clock, items, paper_id="2608.99001", title="Zeitgeist: pretraining on the spirit of the age",
+               published="2026-08-21T15:00:00.000Z"):
+    """The upstream lists one more paper, and the next refresh is due."""
+    upstream.items.insert(0, new_item(items, paper_id, title, published))
+    clock.advance(901)
+
+
+def run_hub(client) -> None:
+    hub = hub_of(client)
+    hub.tick()
+    hub.deliver_due()
+
+
+def test_a_feed_that_gains_a_paper_is_pushed_once_signed(upstream, clock, items, subscriber, tmp_path):
+    worker = hub_app(upstream, clock, subscriber, tmp_path).test_client()
+    other_worker = hub_app(upstream, clock, subscriber, tmp_path).test_client()  # shares the data folder
+    delivered = count("feedproxy_websub_deliveries", "delivered")
+    subscribe(worker, subscriber, secret="s3cret")
+    run_hub(worker)
+    assert subscriber.pushes == []  # nothing new since the subscription
+    gain_paper(upstream, clock, items)
+    run_hub(worker)
+    run_hub(other_worker)  # sees the same change: already queued, not again
+    run_hub(worker)
+    [push] = subscriber.pushes
+    assert push["path"] == "/cb?user=7"
+    headers = {k.lower(): v for k, v in push["headers"].items()}
+    assert headers["content-type"] == "application/atom+xml; charset=utf-8"
+    assert headers["link"] == '<http://localhost/websub>; rel="hub", <http://localhost/feed?q=zeitgeist>; rel="self"'
+    expected = "sha256=" + hmac.new(b"s3cret", push["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-hub-signature"], expected)
+    parsed = feedparser.parse(push["body"])
+    assert [e.id for e in parsed.entries] == ["https://huggingface.co/papers/2608.99001"]
+    assert push["body"] == worker.get("/feed?q=zeitgeist").data  # the feed readers get
+    assert count("feedproxy_websub_deliveries", "delivered") == delivered + 1
+    assert hub_of(worker).db.pending() == 0
+
+
+def test_only_new_entries_count_and_each_subscriber_gets_its_own_push(upstream, clock, items, subscriber,
+                                                                       hub_client):
+    subscribe(hub_client, subscriber, topic="http://localhost/feed?q=video&format=json")
+    subscribe(hub_client, subscriber, topic="http://localhost/feed?q=video&format=json",
+              callback="http://subscriber.example/second")
+    run_hub(hub_client)
+    gain_paper(upstream, clock, items, title="An unrelated paper about proteins")
+    run_hub(hub_client)
+    assert subscriber.pushes == []  # the feed's entries did not change
+    gain_paper(upstream, clock, items, paper_id="2608.99002", title="Video generation at last")
+    run_hub(hub_client)
+    assert sorted(p["path"] for p in subscriber.pushes) == ["/cb?user=7", "/second"]
+    assert all("x-hub-signature" not in {k.lower() for k in p["headers"]} for p in subscriber.pushes)  # no secret
+    assert all(p["headers"]["Content-Type"] == "application/feed+json" for p in subscriber.pushes)
+
+
+def test_a_digest_feed_is_pushed_when_a_period_is_over(upstream, clock, items, subscriber, hub_client):
+    subscribe(hub_client, subscriber, topic="http://localhost/feed?digest=weekly")
+    run_hub(hub_client)
+    gain_paper(upstream, clock, items)  # in the current week: no new entry yet
+    run_hub(hub_client)
+    assert subscriber.pushes == []
+    gain_paper(upstream, clock, items, paper_id="2608.99002", published="2026-08-24T08:00:00.000Z")
+    run_hub(hub_client)
+    [push] = subscriber.pushes
+    assert feedparser.parse(push["body"]).entries[0].id == "http://localhost/feed?digest=weekly#digest-2026-W34"
+
+
+@pytest.fixture
+def moment(hub_client):
+    """The hub's clock, moved by hand: [seconds since the epoch]."""
+    now = [time.time()]
+    hub_of(hub_client).now = lambda: now[0]
+    return now
+
+
+def test_failed_deliveries_are_retried_with_exponential_backoff(upstream, clock, items, subscriber, hub_client,
+                                                                 moment):
+    retries = count("feedproxy_websub_deliveries", "retry")
+    hub = hub_of(hub_client)
+    subscribe(hub_client, subscriber)
+    run_hub(hub_client)
+    subscriber.push_statuses = [500, 503]
+    gain_paper(upstream, clock, items)
+    run_hub(hub_client)  # attempt 1: 500, again in 30 s
+    assert len(subscriber.pushes) == 1
+    moment[0] += 29.9
+    hub.deliver_due()
+    assert len(subscriber.pushes) == 1
+    moment[0] += 0.1
+    hub.deliver_due()  # attempt 2: 503, again in 60 s
+    moment[0] += 59.9
+    hub.deliver_due()
+    assert len(subscriber.pushes) == 2
+    moment[0] += 0.1
+    hub.deliver_due()  # attempt 3: delivered
+    assert len(subscriber.pushes) == 3 and len({p["body"] for p in subscriber.pushes}) == 1
+    assert count("feedproxy_websub_deliveries", "retry") == retries + 2
+    assert hub.db.pending() == 0
+
+
+def test_a_delivery_is_given_up_after_six_attempts(upstream, clock, items, subscriber, hub_client, moment):
+    failed = count("feedproxy_websub_deliveries", "failed")
+    subscribe(hub_client, subscriber)
+    run_hub(hub_client)
+    subscriber.push_statuses = [500] * 10
+    gain_paper(upstream, clock, items)
+    for _ in range(10):
+        run_hub(hub_client)
+        moment[0] += 3600
+    assert len(subscriber.pushes) == 6
+    assert count("feedproxy_websub_deliveries", "failed") == failed + 1
+    assert hub_of(hub_client).db.pending() == 0
+    assert hub_of(hub_client).db.count(moment[0]) == 1  # still subscribed: the next change is tried again
+
+
+def test_a_callback_answering_410_is_unsubscribed(upstream, clock, items, subscriber, hub_client):
+    subscribe(hub_client, subscriber)
+    run_hub(hub_client)
+    subscriber.push_statuses = [410]
+    gain_paper(upstream, clock, items)
+    run_hub(hub_client)
+    assert len(subscriber.pushes) == 1 and hub_of(hub_client).db.count(time.time()) == 0
+
+
+def test_queued_deliveries_survive_a_restart_and_go_only_to_subscribers(upstream, clock, items, subscriber,
+                                                                       tmp_path):
+    folder = tmp_path / "data"
+    client = hub_app(upstream, clock, subscriber, folder).test_client()
+    subscribe(client, subscriber)
+    subscribe(client, subscriber, callback="http://subscriber.example/leaving")
+    run_hub(client)
+    gain_paper(upstream, clock, items)
+    hub_of(client).tick()  # queued; the worker stops before sending
+    assert hub_of(client).db.pending() == 2
+    dropped = count("feedproxy_websub_deliveries", "dropped")
+    hub_of(client).db.unsubscribe("http://subscriber.example/leaving", TOPIC)
+    restarted = hub_app(upstream, clock, subscriber, folder).test_client()
+    hub_of(restarted).deliver_due()
+    assert [p["path"] for p in subscriber.pushes] == ["/cb?user=7"]
+    assert count("feedproxy_websub_deliveries", "dropped") == dropped + 1
+
+
+def test_expired_subscriptions_are_pruned_and_get_nothing(upstream, clock, items, subscriber, hub_client, moment):
+    expired = count("feedproxy_websub_subscriptions", "expired")
+    subscribe(hub_client, subscriber, lease_seconds="3600")
+    run_hub(hub_client)
+    moment[0] += 3601
+    gain_paper(upstream, clock, items)
+    run_hub(hub_client)
+    assert subscriber.pushes == [] and hub_of(hub_client).db.count(moment[0]) == 0
+    assert count("feedproxy_websub_subscriptions", "expired") == expired + 1
+
+
+def test_metrics_count_subscriptions_and_deliveries(upstream, clock, items, subscriber, hub_client):
+    subscribe(hub_client, subscriber)
+    run_hub(hub_client)
+    gain_paper(upstream, clock, items)
+    run_hub(hub_client)
+    text = hub_client.get("/metrics").text
+    assert "feedproxy_websub_active_subscriptions 1.0" in text
+    assert 'feedproxy_websub_subscriptions_total{outcome="verified"}' in text
+    assert 'feedproxy_websub_deliveries_total{outcome="delivered"}' in text
+
+
+def test_a_callback_that_turns_private_after_the_check_is_not_contacted(upstream, clock, subscriber, tmp_path):
+    answers = iter([[PUBLIC], ["10.0.0.7"]])  # DNS rebinding: public when checked, private when verified
+    client = create_app(make_config(upstream.url, data_dir=str(tmp_path)), clock=clock, callback_client=CallbackClient(
+        resolver=lambda host, port: next(answers), network=LoopbackNetwork({PUBLIC: subscriber}))).test_client()
+    before = count("feedproxy_websub_subscriptions", "private_address")
+    assert post(client).status_code == 202
+    hub_of(client).wait_for_verifications()
+    assert subscriber.verifications == [] and hub_of(client).db.count(time.time()) == 0
+    assert count("feedproxy_websub_subscriptions", "private_address") == before + 1
+
+
+def test_a_subscription_over_the_limit_at_verification_is_denied_at_the_callback(upstream, clock, subscriber,
+                                                                                 tmp_path):
+    client = hub_app(upstream, clock, subscriber, tmp_path, websub_max_per_topic=1).test_client()
+    subscribe(client, subscriber)
+    late = HubRequest("subscribe", "http://subscriber.example/late", TOPIC, TOPIC, 3600, None)
+    assert hub_of(client).verify(late) == "denied"
+    assert subscriber.verifications[-1] == {
+        "path": "/late", "hub.mode": "denied", "hub.topic": TOPIC,
+        "hub.reason": "this feed has its maximum of 1 subscriptions; ask the operator (FEEDPROXY_WEBSUB_MAX_PER_TOPIC)"}
+    assert hub_of(client).db.count(time.time()) == 1

@@ -95,7 +95,7 @@ class CallbackClient:
                         break
                 return Answer(response.status_code, body[:MAX_ANSWER_BYTES])
         except FetchRefused as exc:
-            raise CallbackFailed(f"callback {url}: {exc}", "refused") from None
+            raise CallbackFailed(f"callback {url}: {exc}", "private_address") from None
         except httpx.TimeoutException as exc:
             raise CallbackFailed(f"callback {url} timed out ({type(exc).__name__})", "timeout") from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
