@@ -181,7 +181,7 @@ class Hub:
         self.backoff_seconds = backoff_seconds
         self.watchers: list[Callable[[], None]] = []
         self.senders: dict[str, tuple[Sender, object]] = {"websub": (self._send_feed, WEBSUB_DELIVERIES)}
-        self._checked: dict[str, str] = {}  # topic -> the snapshot versions this worker last compared it at
+        self._checked: dict[str, str] = {}  # watched key -> the snapshot versions this worker last compared it at
         self._verifying: set[Future] = set()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedproxy-websub-verify")
@@ -309,11 +309,10 @@ class Hub:
             for watch in self.watchers:
                 watch()
 
-    def check_topic(self, topic: str) -> None:
-        """Refresh the topic's sources if due; queue its new feed for every subscriber if it gained entries."""
-        host_url = topic_host(topic)
-        params = topic_params(topic, host_url)
-        sources = sources_for(params)
+    def when_changed(self, key: str, sources: list[Source],
+                     compare: Callable[[list[tuple[Source, Snapshot]]], None]) -> None:
+        """Refresh ``sources`` when due; call ``compare`` with their snapshots if this worker has not
+        compared ``key`` at these versions yet (nothing while they hold no papers)."""
         for source in sources:
             source.store.refresh_if_due()
         try:
@@ -321,19 +320,29 @@ class Hub:
         except NoData:
             return
         version = "+".join(snapshot.version for _, snapshot in current)
-        if self._checked.get(topic) == version:
-            return
-        subscribers = self.db.subscribers(topic, self.now())
+        if self._checked.get(key) != version:
+            compare(current)
+            self._checked[key] = version
 
-        def outgoing(new_ids: list[str]) -> list[Outgoing]:
-            feed = render_feed(params, current, host_url)
-            headers = {"Content-Type": feed.media_type, "Link": f'<{host_url}websub>; rel="hub"'}
-            return [Outgoing("websub", s.callback, topic, feed.body, headers) for s in subscribers]
+    def check_topic(self, topic: str) -> None:
+        """Queue the topic's new feed for every subscriber if it gained entries since it was last announced."""
+        host_url = topic_host(topic)
+        params = topic_params(topic, host_url)
+        key = f"websub {topic}"
 
-        new = self.db.announce(f"websub {topic}", feed_entry_ids(params, current, host_url), outgoing, self.now())
-        if new:
-            log.info("websub: %s gained %d entries; queued for %d subscribers", topic, len(new), len(subscribers))
-        self._checked[topic] = version
+        def compare(current: list[tuple[Source, Snapshot]]) -> None:
+            subscribers = self.db.subscribers(topic, self.now())
+
+            def outgoing(new_ids: list[str]) -> list[Outgoing]:
+                feed = render_feed(params, current, host_url)
+                headers = {"Content-Type": feed.media_type, "Link": f'<{host_url}websub>; rel="hub"'}
+                return [Outgoing("websub", s.callback, topic, feed.body, headers) for s in subscribers]
+
+            new = self.db.announce(key, feed_entry_ids(params, current, host_url), outgoing, self.now())
+            if new:
+                log.info("websub: %s gained %d entries; queued for %d subscribers", topic, len(new), len(subscribers))
+
+        self.when_changed(key, sources_for(params), compare)
 
     def deliver_due(self, most: int = 100) -> int:
         """Send up to ``most`` due outbox items, one at a time; return how many were tried."""

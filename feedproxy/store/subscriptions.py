@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 from feedproxy.errors import StorageError
 
 DB_NAME = "hub.sqlite3"
-MAX_ANNOUNCED_IDS = 5000  # per key: more than ten full feeds of 500, so a lagging worker never re-announces
+MAX_ANNOUNCED_IDS = 5000  # per key, of the ids no longer listed: a worker lagging behind never re-announces them
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -198,7 +198,12 @@ class HubDatabase:
                 db.execute("INSERT INTO outbox (kind, target, topic, body, headers, next_try_at) "
                            "VALUES (?, ?, ?, ?, ?, ?)",
                            (item.kind, item.target, item.topic, item.body, json.dumps(item.headers), now))
-            kept = (announced + new)[-MAX_ANNOUNCED_IDS:]
+            # Every id listed now is kept (so it is never announced again while listed), and the most
+            # recent of those no longer listed, for a worker still holding older data.
+            listed = list(dict.fromkeys(ids))
+            listed_set = set(listed)
+            gone = [i for i in announced if i not in listed_set]
+            kept = gone[-MAX_ANNOUNCED_IDS:] + listed
             db.execute("UPDATE announced SET ids = ? WHERE key = ?", (json.dumps(kept), key))
             return new
 
