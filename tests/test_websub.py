@@ -409,3 +409,12 @@ def test_a_subscription_over_the_limit_at_verification_is_denied_at_the_callback
         "path": "/late", "hub.mode": "denied", "hub.topic": TOPIC,
         "hub.reason": "this feed has its maximum of 1 subscriptions; ask the operator (FEEDPROXY_WEBSUB_MAX_PER_TOPIC)"}
     assert hub_of(client).db.count(time.time()) == 1
+
+
+def test_a_hub_turned_off_sends_nothing_to_its_old_subscribers(upstream, clock, items, subscriber, tmp_path):
+    subscribe(hub_app(upstream, clock, subscriber, tmp_path).test_client(), subscriber)
+    off = hub_app(upstream, clock, subscriber, tmp_path, websub_max_subscriptions=0).test_client()
+    run_hub(off)
+    gain_paper(upstream, clock, items)
+    run_hub(off)
+    assert subscriber.pushes == [] and hub_of(off).db.pending() == 0

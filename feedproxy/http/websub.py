@@ -301,7 +301,8 @@ class Hub:
         if expired:
             WEBSUB_SUBSCRIPTIONS.labels("expired").inc(expired)
         with self.app.app_context():
-            for topic in self.db.topics(self.now()):
+            # With the hub turned off, subscriptions from before are kept but get nothing.
+            for topic in self.db.topics(self.now()) if self.enabled else ():
                 try:
                     self.check_topic(topic)
                 except FeedproxyError as exc:
