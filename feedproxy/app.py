@@ -66,7 +66,7 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
         callback_client or CallbackClient(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout),
         enabled=config.websub_max_subscriptions > 0, max_subscriptions=config.websub_max_subscriptions,
         max_per_topic=config.websub_max_per_topic)
-    notify.install(app, hub, config)
+    notify.install(hub, config)
     metrics.install(app)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)

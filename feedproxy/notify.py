@@ -11,35 +11,28 @@ sends what was there before. A paper counts once it matches: one crossing
 ``min_upvotes`` later is sent then.
 
 The queries are checked at start (check_notifications), by the app and by
-gunicorn.conf.py, so a bad one stops the service with one line. Messages are
-stored without the apprise URLs: those may hold passwords and stay in the
-environment.
+gunicorn.conf.py, so a bad one stops the service with one line; this module
+imports neither Flask nor prometheus_client, so gunicorn's master can check
+before its workers set up the metrics. Messages are stored without the apprise
+URLs: those may hold passwords and stay in the environment.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
-from dataclasses import replace
 from urllib.parse import parse_qsl
 
 import apprise
-from flask import Flask
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.config import DEFAULT_SOURCE, Config, Notification
-from feedproxy.errors import BadParameter, ConfigError, FeedproxyError
-from feedproxy.http.metrics import NOTIFICATIONS
+from feedproxy.errors import BadParameter, ConfigError
 from feedproxy.http.params import FeedRequest, parse_feed_request
-from feedproxy.http.views import find_papers, sources_for
-from feedproxy.http.websub import Hub
 from feedproxy.render.digest import one_line_tldr
-from feedproxy.store.snapshot import Snapshot
-from feedproxy.store.sources import Source
 from feedproxy.store.subscriptions import Claimed, Outgoing
 from feedproxy.upstream.papers import Paper
 
-log = logging.getLogger(__name__)
 
 # What selects papers; the others (format, sort, limit, digest) shape a feed, and url= feeds are not watched.
 QUERY_PARAMETERS = ("q", "min_upvotes", "days", "source", "announce")
@@ -83,39 +76,15 @@ def message(notification: Notification, papers: list[Paper]) -> dict[str, str]:
 
 
 class Notifier:
-    """Watches the notifications' queries on the hub's ticks and sends their messages from its outbox."""
+    """Composes the notifications' messages and sends them; the hub's loop watches their queries."""
 
-    def __init__(self, hub: Hub, notifications: tuple[Notification, ...], queries: dict[str, FeedRequest]):
-        self.hub = hub
+    def __init__(self, notifications: tuple[Notification, ...]):
         self.notifications = {n.name: n for n in notifications}
-        self.queries = queries
 
-    def watch(self) -> None:
-        """Queue each notification's new matches (called in the app context by Hub.tick)."""
-        for name in self.notifications:
-            try:
-                self._watch(name)
-            except FeedproxyError as exc:
-                log.warning("notify %s: cannot check its query: %s", name, exc)
-
-    def _watch(self, name: str) -> None:
-        params = self.queries[name]
-        key = f"notify {name}"
-
-        def compare(current: list[tuple[Source, Snapshot]]) -> None:
-            everything = replace(params, limit=max(1, sum(len(snapshot.papers) for _, snapshot in current)))
-            papers = find_papers(everything, current)
-
-            def outgoing(new_ids: list[str]) -> list[Outgoing]:
-                new = set(new_ids)
-                body = message(self.notifications[name], [p for p in papers if p.url in new])
-                return [Outgoing("notify", name, name, json.dumps(body).encode("utf-8"), {})]
-
-            new = self.hub.db.announce(key, [p.url for p in papers], outgoing, self.hub.now())
-            if new:
-                log.info("notify %s: %d new papers queued", name, len(new))
-
-        self.hub.when_changed(key, sources_for(params), compare)
+    def outgoing(self, name: str, papers: list[Paper]) -> list[Outgoing]:
+        """The one message announcing ``papers``, for the hub's outbox (without the apprise URLs)."""
+        body = message(self.notifications[name], papers)
+        return [Outgoing("notify", name, name, json.dumps(body).encode("utf-8"), {})]
 
     def send(self, item: Claimed) -> str:
         """Send one queued message to every URL of its notification: sent, retry, or dropped (no longer configured)."""
@@ -130,11 +99,12 @@ class Notifier:
         return "sent" if sent else "retry"
 
 
-def install(app: Flask, hub: Hub, config: Config) -> None:
-    """Check FEEDPROXY_NOTIFY (ConfigError) and let the hub's loop watch and send the notifications."""
+def install(hub, config: Config) -> None:
+    """Check FEEDPROXY_NOTIFY (ConfigError) and have ``hub`` (the app's http.websub.Hub) watch each query
+    and send its messages."""
     queries = check_notifications(config)
-    if not config.notify:
-        return
-    notifier = app.extensions["feedproxy.notifier"] = Notifier(hub, config.notify, queries)
-    hub.watchers.append(notifier.watch)
-    hub.senders["notify"] = (notifier.send, NOTIFICATIONS)
+    notifier = Notifier(config.notify)
+    for notification in config.notify:
+        hub.watch_papers(f"notify {notification.name}", queries[notification.name],
+                         functools.partial(notifier.outgoing, notification.name))
+    hub.senders["notify"] = notifier.send

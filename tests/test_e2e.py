@@ -142,7 +142,7 @@ def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_pape
             links = {link.rel: link.href for link in feed.feed.links}
             assert links["hub"] == f"{base}/websub" and not feed.entries
             answer = httpx.post(links["hub"], timeout=5, data={
-                "hub.mode": "subscribe", "hub.topic": links["self"], "hub.secret": "e2e-secret",
+                "hub.mode": "subscribe", "hub.topic": links["self"], "hub.secret": "e2e-secret", "hub.verify": "sync",
                 "hub.callback": "http://subscriber.example/freshrss/api/pshb.php?k=abc"})
             assert answer.status_code == 202
             assert subscriber.wait_for(lambda s: s.verifications, timeout=10)

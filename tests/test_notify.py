@@ -1,6 +1,8 @@
 """FEEDPROXY_NOTIFY: saved queries whose new matches are sent once with apprise, never again after a restart."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import REGISTRY
@@ -169,3 +171,12 @@ def test_gunicorn_stops_before_any_worker_with_one_line_on_a_bad_query(upstream)
     assert ("feedproxy: configuration error: FEEDPROXY_NOTIFY 'rl': parameter 'q' is not a valid query: this "
             "parenthesis is never closed at column 1") in out, out
     assert "Traceback" not in out and "Booting worker" not in out, out
+
+
+def test_checking_the_setting_imports_neither_flask_nor_the_metrics():
+    """gunicorn.conf.py checks FEEDPROXY_NOTIFY in the master, before PROMETHEUS_MULTIPROC_DIR reaches the
+    workers: prometheus_client imported there would keep every worker's metrics out of /metrics."""
+    code = ("import sys, feedproxy.notify; "
+            "print(sorted(m for m in ('flask', 'prometheus_client') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"

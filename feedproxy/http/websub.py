@@ -38,7 +38,7 @@ from flask import Blueprint, Flask, Request, Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.errors import BadParameter, CallbackFailed, FeedproxyError, NoData, SubscriptionRefused
-from feedproxy.http.metrics import WEBSUB_DELIVERIES, WEBSUB_SUBSCRIPTIONS
+from feedproxy.http.metrics import NOTIFICATIONS, WEBSUB_DELIVERIES, WEBSUB_SUBSCRIPTIONS
 from feedproxy.http.params import FeedRequest
 from feedproxy.http.views import feed_url, find_digests, find_papers, parse_request_args, plain, render_feed, sources_for
 from feedproxy.numbers import parse_whole_number
@@ -47,6 +47,7 @@ from feedproxy.store.sources import Source, current_snapshots
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.subscriptions import Claimed, HubDatabase, Outgoing, Subscription
 from feedproxy.upstream.callbacks import CallbackClient
+from feedproxy.upstream.papers import Paper
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,14 @@ def signature(secret: str, body: bytes) -> str:
 
 
 Sender = Callable[[Claimed], str]
+# Each kind of outbox item is counted in its own metric: WebSub deliveries, FEEDPROXY_NOTIFY messages.
+DELIVERY_COUNTERS = {"websub": WEBSUB_DELIVERIES, "notify": NOTIFICATIONS}
 
 
 class Hub:
     """The hub's work in one worker: verifying requests, watching feeds, sending what the outbox holds.
 
-    ``watchers`` are called on every tick in the app context (notifications watch their queries there);
+    ``watchers`` are called on every tick in the app context (``watch_papers`` adds them);
     ``senders`` send one outbox item of their kind and return its outcome: ``retry`` for a failure worth
     trying again, anything else (``delivered``, ``gone``...) ends the item.
     """
@@ -180,7 +183,7 @@ class Hub:
         self.now = now
         self.backoff_seconds = backoff_seconds
         self.watchers: list[Callable[[], None]] = []
-        self.senders: dict[str, tuple[Sender, object]] = {"websub": (self._send_feed, WEBSUB_DELIVERIES)}
+        self.senders: dict[str, Sender] = {"websub": self._send_feed}
         self._checked: dict[str, str] = {}  # watched key -> the snapshot versions this worker last compared it at
         self._verifying: set[Future] = set()
         self._lock = threading.Lock()
@@ -208,7 +211,7 @@ class Hub:
             self._verifying.discard(future)
 
     def wait_for_verifications(self, timeout: float = 10) -> None:
-        """Wait until every verification queued so far has finished (tests, a stopping worker)."""
+        """Wait until every verification queued so far has finished (tests)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
@@ -308,7 +311,10 @@ class Hub:
                 except FeedproxyError as exc:
                     log.warning("websub: cannot check %s: %s", topic, exc)
             for watch in self.watchers:
-                watch()
+                try:
+                    watch()
+                except FeedproxyError as exc:
+                    log.warning("hub: cannot check a watched query: %s", exc)
 
     def when_changed(self, key: str, sources: list[Source],
                      compare: Callable[[list[tuple[Source, Snapshot]]], None]) -> None:
@@ -324,6 +330,25 @@ class Hub:
         if self._checked.get(key) != version:
             compare(current)
             self._checked[key] = version
+
+    def watch_papers(self, key: str, params: FeedRequest,
+                     outgoing_for: Callable[[list[Paper]], list[Outgoing]]) -> None:
+        """On every tick, queue ``outgoing_for(papers)`` for the papers of the window that newly match ``params``
+        (all of them: ``limit`` does not apply), once, under ``key`` (FEEDPROXY_NOTIFY's watches)."""
+
+        def compare(current: list[tuple[Source, Snapshot]]) -> None:
+            everything = replace(params, limit=max(1, sum(len(snapshot.papers) for _, snapshot in current)))
+            papers = find_papers(everything, current)
+
+            def outgoing(new_ids: list[str]) -> list[Outgoing]:
+                new = set(new_ids)
+                return outgoing_for([paper for paper in papers if paper.url in new])
+
+            new = self.db.announce(key, [paper.url for paper in papers], outgoing, self.now())
+            if new:
+                log.info("%s: %d new papers queued", key, len(new))
+
+        self.watchers.append(lambda: self.when_changed(key, sources_for(params), compare))
 
     def check_topic(self, topic: str) -> None:
         """Queue the topic's new feed for every subscriber if it gained entries since it was last announced."""
@@ -353,14 +378,13 @@ class Hub:
             if item is None:
                 break
             tried += 1
-            send, counter = self.senders.get(item.kind, (lambda item: "dropped", WEBSUB_DELIVERIES))
-            outcome = send(item)
+            outcome = self.senders.get(item.kind, lambda item: "dropped")(item)
             if outcome == "retry" and item.attempts < DELIVERY_ATTEMPTS:
                 self.db.retry_at(item.id, self.now() + self.backoff_seconds * 2 ** (item.attempts - 1))
             else:
                 outcome = "failed" if outcome == "retry" else outcome
                 self.db.done(item.id)
-            counter.labels(outcome).inc()
+            DELIVERY_COUNTERS.get(item.kind, WEBSUB_DELIVERIES).labels(outcome).inc()
             log.info("%s delivery outcome=%s target=%s attempt=%d", item.kind, outcome, item.target, item.attempts)
         return tried
 
