@@ -1,12 +1,12 @@
 """Digests (digest=daily|weekly): one entry per finished day or ISO week, stable ids, every format."""
 
 import copy
-import json
 from datetime import datetime, timezone
 
 import feedparser
 import jsonschema
 import pytest
+from lxml import html
 
 from feedproxy.render.digest import group_digests, one_line_tldr, period_key
 from feedproxy.upstream.papers import Paper
@@ -143,8 +143,6 @@ def test_an_unknown_digest_is_400_naming_the_choices(client):
 
 
 def test_the_page_offers_digests(client):
-    from lxml import html
-
     doc = html.fromstring(client.get("/?q=video&digest=weekly").data)
     select = doc.get_element_by_id("digest")
     assert [o.get("value") for o in select.xpath("option")] == ["", "daily", "weekly"]

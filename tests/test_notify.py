@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from feedproxy.app import create_app
-from feedproxy.config import Config, Notification, parse_notify
+from feedproxy.config import Config, Notification
 from feedproxy.errors import ConfigError
 
 from .conftest import make_config

@@ -46,7 +46,7 @@ PAPERS = Gauge("feedproxy_window_papers", "Papers in the window being served.", 
 WEBSUB_SUBSCRIPTIONS = Counter(
     "feedproxy_websub_subscriptions",
     "WebSub subscription requests, by outcome (verified, unsubscribed, rejected, not_confirmed, challenge_mismatch, "
-    "unreachable, timeout, private_address, bad_response, denied, expired).", ["outcome"])
+    "unreachable, timeout, private_address, bad_response, denied, expired, error).", ["outcome"])
 WEBSUB_ACTIVE = Gauge("feedproxy_websub_active_subscriptions", "WebSub subscriptions in force.",
                       multiprocess_mode="mostrecent")
 WEBSUB_DELIVERIES = Counter(
