@@ -15,6 +15,7 @@ import sys
 
 from feedproxy.config import Config
 from feedproxy.errors import ConfigError
+from feedproxy.notify import check_notifications
 from feedproxy.numbers import parse_whole_number
 
 
@@ -28,6 +29,7 @@ def _whole(name: str, default: int, low: int, high: int) -> int:
 
 try:
     feedproxy_config = Config.from_env()  # not `config`: that name is a gunicorn setting
+    check_notifications(feedproxy_config)  # the queries and apprise URLs of FEEDPROXY_NOTIFY
 except ConfigError as exc:
     sys.exit(f"feedproxy: configuration error: {exc}")
 

@@ -13,6 +13,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from feedproxy import notify
 from feedproxy.config import Config
 from feedproxy.http import metrics
 from feedproxy.http.accesslog import configure_access_log
@@ -20,20 +21,26 @@ from feedproxy.http.fastpath import FeedFastPath
 from feedproxy.http.feedcache import FeedCache
 from feedproxy.http.page import bp as page_bp
 from feedproxy.http.views import ParsedRequests, bp, handle_http_error, handle_unexpected
+from feedproxy.http.websub import TICK_SECONDS, Hub
+from feedproxy.http.websub import bp as websub_bp
 from feedproxy.logs import configure_logging
 from feedproxy.render.formats import EntryCache
 from feedproxy.store.snapshot import Clock, utcnow
+from feedproxy.store.subscriptions import HubDatabase
+from feedproxy.upstream.callbacks import CallbackClient
 from feedproxy.upstream.daily_papers import ListingSource
 from feedproxy.upstream.http import HttpFetcher
 from feedproxy.wiring import build_sources
 
 
 def create_app(config: Config | None = None, *, source: ListingSource | None = None, clock: Clock | None = None,
-               url_fetcher: Callable[[], HttpFetcher] | None = None) -> Flask:
-    """Build the Flask app: the sources and their stores, the views, metrics and error handlers.
+               url_fetcher: Callable[[], HttpFetcher] | None = None,
+               callback_client: CallbackClient | None = None) -> Flask:
+    """Build the Flask app: the sources and their stores, the views, the WebSub hub, metrics and error handlers.
 
-    ``source``, ``clock`` and ``url_fetcher`` replace the Daily Papers listing, the clock and the
-    fetcher of url= feeds (tests: a fake upstream, a clock moved by hand, a loopback network).
+    ``source``, ``clock``, ``url_fetcher`` and ``callback_client`` replace the Daily Papers listing, the
+    clock, the fetcher of url= feeds and the client of WebSub callbacks (tests: a fake upstream, a clock
+    moved by hand, a loopback network).
     """
     config = Config.from_env() if config is None else config
     app = Flask("feedproxy")
@@ -53,6 +60,13 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
     app.extensions["feedproxy.parsed_requests"] = ParsedRequests()
     app.register_blueprint(bp)
     app.register_blueprint(page_bp)
+    app.register_blueprint(websub_bp)
+    hub = app.extensions["feedproxy.hub"] = Hub(
+        app, HubDatabase(config.data_dir),
+        callback_client or CallbackClient(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout),
+        enabled=config.websub_max_subscriptions > 0, max_subscriptions=config.websub_max_subscriptions,
+        max_per_topic=config.websub_max_per_topic)
+    notify.install(hub, config)
     metrics.install(app)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
@@ -61,6 +75,9 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
         for named in registry:
             threading.Thread(target=named.store.refresh_if_due, name=f"feedproxy-first-refresh-{named.name}",
                              daemon=True).start()
+        # The hub's loop looks at subscribed feeds at least twice per refresh interval.
+        threading.Thread(target=hub.run_forever, args=(min(TICK_SECONDS, config.refresh_seconds / 2),),
+                         name="feedproxy-hub", daemon=True).start()
     configure_logging()
     configure_access_log()
     return app

@@ -82,6 +82,9 @@ SETTINGS = (
     "FEEDPROXY_FEEDS",
     "FEEDPROXY_ALLOW_URL_HOSTS",
     "FEEDPROXY_HF_TOKEN",
+    "FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS",
+    "FEEDPROXY_WEBSUB_MAX_PER_TOPIC",
+    "FEEDPROXY_NOTIFY",
 )
 
 DEFAULT_SOURCE = "hf-daily"
@@ -109,6 +112,42 @@ def parse_feeds(raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"FEEDPROXY_FEEDS URL for {name!r} must be http:// or https:// with a host, got {url!r}")
         feeds.append((name, url))
     return tuple(feeds)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One FEEDPROXY_NOTIFY entry: a name, the feed query string it watches, where to send new matches."""
+
+    name: str
+    query: str  # as in a feed URL after /feed?, e.g. q=agents&min_upvotes=10
+    urls: tuple[str, ...]  # apprise URLs (mailto://, matrix://, slack://, discord://, tgram://, ntfy://...)
+
+
+_APPRISE_URL = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
+
+
+def parse_notify(raw: str) -> tuple[Notification, ...]:
+    """Read FEEDPROXY_NOTIFY: ``name|query string|apprise URL [apprise URL...]`` entries, separated by ``;``
+    or new lines. Only the shape is checked here; notify.check_notifications checks the queries and URLs."""
+    notifications: list[Notification] = []
+    for part in (p.strip() for p in re.split(r"[;\n]", raw)):
+        if not part:
+            continue
+        fields = part.split("|")
+        if len(fields) != 3:
+            raise ConfigError(f"FEEDPROXY_NOTIFY entry {part.split('|')[0].strip()[:40]!r} is not "
+                              "name|query string|apprise URL (percent-encode any | or ; in the query)")
+        name, query, urls = fields[0].strip().lower(), fields[1].strip().lstrip("?"), tuple(fields[2].split())
+        if not _SOURCE_NAME.match(name):
+            raise ConfigError(f"FEEDPROXY_NOTIFY name {name[:40]!r} must be 1 to 40 of a-z, 0-9, '.', '_', '-', "
+                              "starting with a letter or digit")
+        if name in (n.name for n in notifications):
+            raise ConfigError(f"FEEDPROXY_NOTIFY name {name!r} is used twice")
+        if not urls or not all(_APPRISE_URL.match(url) for url in urls):
+            raise ConfigError(f"FEEDPROXY_NOTIFY {name!r} needs one or more apprise URLs (scheme://...), "
+                              "separated by spaces")
+        notifications.append(Notification(name, query, urls))
+    return tuple(notifications)
 
 
 def parse_allowed_hosts(raw: str) -> frozenset[str]:
@@ -172,6 +211,9 @@ class Config:
     # Sent as a bearer token to FEEDPROXY_UPSTREAM_URL only (the API's rate limit is higher with one);
     # never in a repr, so never in a log line or a traceback's locals.
     hf_token: str | None = field(default=None, repr=False)
+    websub_max_subscriptions: int = 1000  # WebSub subscriptions held at once; 0: no hub, feeds name none
+    websub_max_per_topic: int = 100  # subscriptions to one feed URL
+    notify: tuple[Notification, ...] = ()  # FEEDPROXY_NOTIFY: queries whose new matches are sent with apprise
     background_refresh: bool = True
     # Refresh in a child process (feedproxy.refresher) when there is a data folder; from_env
     # turns it on. Off by default so tests with an injected clock refresh in-process.
@@ -206,5 +248,8 @@ class Config:
             feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),
             allow_url_hosts=parse_allowed_hosts(env.get("FEEDPROXY_ALLOW_URL_HOSTS", "")),
             hf_token=check_hf_token(env.get("FEEDPROXY_HF_TOKEN", ""), upstream_url),
+            websub_max_subscriptions=_int_setting(env, "FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS", 1000, 0, 100_000),
+            websub_max_per_topic=_int_setting(env, "FEEDPROXY_WEBSUB_MAX_PER_TOPIC", 100, 1, 100_000),
+            notify=parse_notify(env.get("FEEDPROXY_NOTIFY", "")),
             refresh_in_subprocess=True,
         )

@@ -20,7 +20,9 @@
       BadParameter           a request parameter is invalid (carries its name and the HTTP status, 400)
         UnknownSource          source= names a source this server lacks (404)
         UrlNotAllowed          url= names a feed this server will not fetch (403)
+        SubscriptionRefused    a WebSub request the hub refuses (carries its status: 400, 403, 404, 503)
       NoData                 nothing to serve yet (carries the reason and a Retry-After)
+      CallbackFailed         a request to a WebSub subscriber's callback got no answer (carries the outcome)
 
 Messages start with where the error comes from and say what the operator or user
 can do about it; they are shown to users verbatim, so they never carry tracebacks.
@@ -133,6 +135,22 @@ class FetchRefused(UrlNotAllowed, UpstreamError):
     Both a UrlNotAllowed (the user's URL is the problem) and an UpstreamError, so
     code that handles only upstream failures (a snapshot refresh) records it too.
     """
+
+
+class SubscriptionRefused(BadParameter):
+    """A WebSub subscribe or unsubscribe request the hub refuses; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, parameter: str, status: int = 400) -> None:
+        super().__init__(message, parameter)
+        self.status = status
+
+
+class CallbackFailed(FeedproxyError):
+    """A request to a subscriber's callback got no HTTP answer; ``outcome`` says why, as metrics count it."""
+
+    def __init__(self, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome  # private_address, unreachable, timeout, bad_response
 
 
 class NoData(FeedproxyError):

@@ -38,11 +38,12 @@ def service_env(env_overrides: dict) -> dict:
     return env
 
 
-def start_gunicorn(env_overrides: dict, output: IO | int = subprocess.PIPE) -> tuple[subprocess.Popen, str]:
-    """Start gunicorn as `make run` does, on a free port; return the process and its base URL."""
+def start_gunicorn(env_overrides: dict, output: IO | int = subprocess.PIPE,
+                   app: str = "wsgi:app") -> tuple[subprocess.Popen, str]:
+    """Start gunicorn as `make run` does (or with another ``app``), on a free port; return the process and its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+        [str(GUNICORN), "-c", "gunicorn.conf.py", app],
         cwd=ROOT, env=service_env({"PORT": str(port), **env_overrides}), stdout=output, stderr=subprocess.STDOUT,
     )
     return proc, f"http://127.0.0.1:{port}"

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).parent.parent / "feedproxy"
 # Each module's stage: a module may import its own stage and earlier ones, never a later one.
 STAGES = ("base", "upstream", "store", "search", "render", "http", "entry")
 BASE = {"feedproxy", "feedproxy.errors", "feedproxy.logs", "feedproxy.numbers"}
-ENTRY = {"feedproxy.config", "feedproxy.wiring", "feedproxy.app", "feedproxy.cli", "feedproxy.refresher"}
+ENTRY = {"feedproxy.config", "feedproxy.wiring", "feedproxy.app", "feedproxy.cli", "feedproxy.refresher",
+         "feedproxy.notify"}
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,7 @@
 """End to end: real gunicorn, the real wsgi.py and gunicorn.conf.py, a loopback fake upstream, feedparser."""
 
+import hashlib
+import hmac
 import time
 
 import feedparser
@@ -7,7 +9,9 @@ import httpx
 import pytest
 
 from .atomcheck import check_atom, entry_ids
+from .fakesubscriber import FakeSubscriber
 from .servers import ROOT, free_port, start_gunicorn, stop, wait_for_feed
+from .test_digest import new_item
 
 
 def test_gunicorn_serves_a_filtered_feed_that_feedparser_reads(upstream):
@@ -129,3 +133,42 @@ def test_a_second_instance_on_the_same_data_folder_keeps_apart_and_says_so(upstr
     assert "another instance (gunicorn master pid" in second_log and "uses the data folder" in second_log
     assert "Traceback" not in second_log
     assert [p.name for p in (tmp_path / "metrics").iterdir()] == []  # each removed its own on exit
+
+
+def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_paper(upstream, items):
+    """As FreshRSS does: find the hub in the feed, subscribe, verify, then receive the new feed once."""
+    with FakeSubscriber() as subscriber:
+        proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                     "TEST_SUBSCRIBER_PORT": str(subscriber.port)}, app="tests.websub_wsgi:app")
+        try:
+            feed = feedparser.parse(wait_for_feed(base, proc, "/feed?q=zeitgeist").content)
+            links = {link.rel: link.href for link in feed.feed.links}
+            assert links["hub"] == f"{base}/websub" and not feed.entries
+            answer = httpx.post(links["hub"], timeout=5, data={
+                "hub.mode": "subscribe", "hub.topic": links["self"], "hub.secret": "e2e-secret", "hub.verify": "sync",
+                "hub.callback": "http://subscriber.example/freshrss/api/pshb.php?k=abc"})
+            assert answer.status_code == 202
+            assert subscriber.wait_for(lambda s: s.verifications, timeout=10)
+            assert wait_until(lambda: "feedproxy_websub_active_subscriptions 1.0" in httpx.get(base + "/metrics").text)
+            upstream.items.insert(0, new_item(items, "2608.99001", "Zeitgeist: pretraining", "2026-08-21T15:00:00.000Z"))
+            gained = time.monotonic()
+            assert subscriber.wait_for(lambda s: s.pushes, timeout=20), "no push within 20 s"
+            assert time.monotonic() - gained < 12  # the 2 s refresh, a tick of the hub (1 s), a child's start
+            time.sleep(4)  # more refreshes and ticks in both workers: still one push
+            [push] = subscriber.pushes
+        finally:
+            log = stop(proc)
+    assert push["path"] == "/freshrss/api/pshb.php?k=abc"
+    assert push["headers"]["X-Hub-Signature"] == "sha256=" + hmac.new(b"e2e-secret", push["body"],
+                                                                        hashlib.sha256).hexdigest()
+    assert [e.id for e in feedparser.parse(push["body"]).entries] == ["https://huggingface.co/papers/2608.99001"]
+    assert "Traceback" not in log and "websub subscribe outcome=verified" in log
+
+
+def wait_until(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True

@@ -55,7 +55,8 @@ def test_page_explains_itself_with_a_labelled_form(client):
     form = by_id(doc, "feed-form")
     assert form.get("method") == "get" and form.get("action") == "/"
     controls = form.xpath(".//input[not(@type='hidden')] | .//select")
-    assert sorted(c.get("name") for c in controls) == ["days", "format", "limit", "match", "min_upvotes", "q", "sort", "top"]
+    assert sorted(c.get("name") for c in controls) == [
+        "days", "digest", "format", "limit", "match", "min_upvotes", "q", "sort", "top"]
     labels = set(doc.xpath("//label/@for"))
     assert all(c.get("id") in labels for c in controls)  # every control has a label
     assert by_id(doc, "feed-url").get("value") == "http://localhost/feed"

@@ -190,7 +190,7 @@ def test_the_readme_feed_urls_are_canonical_and_valid():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Feed URLs"):readme.index("**One URL per feed.**")]
     urls = re.findall(r"^\| `(/feed[^`]*)` \|", table, flags=re.M)
-    assert len(urls) == 10
+    assert len(urls) == 11
     for url in urls:
         query = urlsplit(url).query
         assert " " not in url and '"' not in url, url

@@ -43,6 +43,18 @@ UPSTREAM = Counter("feedproxy_upstream_requests", "Upstream page requests, by ou
 SNAPSHOT_AGE = Gauge("feedproxy_snapshot_age_seconds", "Seconds since the last successful refresh.",
                      multiprocess_mode="mostrecent")
 PAPERS = Gauge("feedproxy_window_papers", "Papers in the window being served.", multiprocess_mode="mostrecent")
+WEBSUB_SUBSCRIPTIONS = Counter(
+    "feedproxy_websub_subscriptions",
+    "WebSub subscription requests, by outcome (verified, unsubscribed, rejected, not_confirmed, challenge_mismatch, "
+    "unreachable, timeout, private_address, bad_response, denied, expired, error).", ["outcome"])
+WEBSUB_ACTIVE = Gauge("feedproxy_websub_active_subscriptions", "WebSub subscriptions in force.",
+                      multiprocess_mode="mostrecent")
+WEBSUB_DELIVERIES = Counter(
+    "feedproxy_websub_deliveries", "Feed deliveries to WebSub subscribers, by outcome (delivered, retry, failed, "
+    "gone, dropped).", ["outcome"])
+NOTIFICATIONS = Counter(
+    "feedproxy_notifications", "FEEDPROXY_NOTIFY notifications, by outcome (sent, retry, failed, dropped).",
+    ["outcome"])
 
 # Outcome label for each failure, most specific first.
 _OUTCOMES = (
@@ -82,6 +94,9 @@ def metrics() -> Response:
     if store.last_success_at is not None:
         SNAPSHOT_AGE.set((store.clock() - store.last_success_at).total_seconds())
     PAPERS.set(len(snapshot.papers) if snapshot else 0)
+    hub = current_app.extensions.get("feedproxy.hub")
+    if hub is not None:
+        WEBSUB_ACTIVE.set(hub.active_subscriptions())
     return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST,
                     headers={"Cache-Control": "no-store"})
 

@@ -25,6 +25,7 @@ from feedproxy.http.params import TOP_SORT, TOPS, FeedRequest, encode_params
 from feedproxy.search.index import SORTS
 from feedproxy.search.merged import prepared, weekly_counts
 from feedproxy.search.query import EMPTY_QUERY, MATCHES, highlight, parse_query
+from feedproxy.render.digest import PERIODS
 from feedproxy.render.formats import FORMATS
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.sources import Source, current_snapshots
@@ -34,7 +35,7 @@ bp = Blueprint("page", __name__)
 
 MAX_OPML_QUERIES = 50
 DEFAULTS = FeedRequest(query=EMPTY_QUERY)
-CONTROLS = ("q", "min_upvotes", "days", "sort", "top", "format", "limit", "match")  # the form's visible controls
+CONTROLS = ("q", "min_upvotes", "days", "sort", "top", "format", "limit", "digest", "match")  # the form's visible controls
 PASSED_ON = ("similar", "source", "announce", "url")  # /feed parameters the form keeps in hidden fields
 # Scripts, styles and requests only from this service: no CDN, font or inline script can run,
 # so even a markup injection that slipped past escaping could not execute.
@@ -220,6 +221,7 @@ def index() -> Response:
         tops=TOPS,
         top_sort=TOP_SORT,
         formats=tuple(FORMATS),
+        digests=PERIODS,
         defaults=DEFAULTS,
         examples=example_links(request.args),
     )

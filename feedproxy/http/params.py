@@ -18,6 +18,7 @@ from feedproxy.numbers import parse_whole_number
 from feedproxy.search.index import SORTS
 from feedproxy.search.query import MATCHES, Query, parse_query
 from feedproxy.upstream.feeds import ANNOUNCE_TYPES
+from feedproxy.render.digest import PERIODS
 from feedproxy.render.formats import FORMATS
 
 MAX_LIMIT = 500
@@ -68,6 +69,7 @@ class FeedRequest:
     def searched_days(self) -> int | None:
         """How many days back the search reaches: top's week or month, else days= (None: the whole window)."""
         return TOPS[self.top] if self.top else self.days
+    digest: str | None = None  # daily or weekly: one entry per period instead of one per paper
 
     def url_params(self) -> list[tuple[str, str]]:
         """Every parameter that shapes the feed, in one fixed order, defaults left out, q as typed.
@@ -92,6 +94,8 @@ class FeedRequest:
             params.append(("format", self.format))
         if self.limit != DEFAULT_LIMIT:
             params.append(("limit", str(self.limit)))
+        if self.digest:
+            params.append(("digest", self.digest))
         if self.sources:
             params.append(("source", ",".join(self.sources)))
         if self.announce:
@@ -119,6 +123,8 @@ class FeedRequest:
             parts.append(f"top {self.limit} of the {self.top}")
         if self.announce:
             parts.append("/".join(self.announce))
+        if self.digest:
+            parts.append(f"{self.digest} digest")
         return " · ".join(parts)
 
 
@@ -145,6 +151,14 @@ def _choice(args: MultiDict, name: str, choices: tuple[str, ...], default: str |
     if value not in choices:
         raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {value[:40]!r}", name)
     return value
+
+
+def _optional_choice(args: MultiDict, name: str, choices: tuple[str, ...]) -> str | None:
+    """One of ``choices``, or None when the parameter is missing or empty."""
+    raw = (_single(args, name) or "").strip().lower()
+    if raw and raw not in choices:
+        raise BadParameter(f"parameter {name!r} must be one of {', '.join(choices)}, got {raw[:40]!r}", name)
+    return raw or None
 
 
 def _names(args: MultiDict, name: str) -> tuple[str, ...]:
@@ -201,6 +215,7 @@ def parse_feed_request(
         match=_choice(args, "match", MATCHES),
         similar=similar,
         top=top,
+        digest=_optional_choice(args, "digest", PERIODS),
     )
 
 

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import threading
+from dataclasses import replace
 from urllib.parse import unquote_to_bytes
 
 from cachetools import LRUCache
@@ -22,6 +23,7 @@ from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, UrlNotAl
 from feedproxy.http.conditional import feed_answer, max_age
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
 from feedproxy.http.params import FeedRequest, parse_feed_request
+from feedproxy.render.digest import Digest, group_digests, render_digests
 from feedproxy.render.formats import FORMATS, FeedInfo
 from feedproxy.search.merged import explain_matches, prepared, search_snapshots
 from feedproxy.store.snapshot import Snapshot, SnapshotStore
@@ -194,10 +196,10 @@ def find_papers(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
     )
 
 
-def feed_url(params: FeedRequest) -> str:
-    """The feed's canonical URL at the host it is asked at (the public one behind a proxy)."""
+def feed_url(params: FeedRequest, host_url: str | None = None) -> str:
+    """The feed's canonical URL at the host it is asked at (the public one behind a proxy), or at ``host_url``."""
     query_string = params.query_string()
-    return request.host_url + "feed" + ("?" + query_string if query_string else "")
+    return (host_url or request.host_url) + "feed" + ("?" + query_string if query_string else "")
 
 
 def why_matched(params: FeedRequest, snapshots: list[Snapshot], papers: list[Paper]) -> dict[str, str]:
@@ -206,15 +208,35 @@ def why_matched(params: FeedRequest, snapshots: list[Snapshot], papers: list[Pap
     return explain_matches(snapshots, searched, papers, params.similar)
 
 
-def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> RenderedFeed:
-    """Filter the snapshots and render the feed the parameters ask for."""
+def hub_url(host_url: str | None = None) -> str | None:
+    """This server's WebSub hub (/websub) at the host asked (or ``host_url``); None when the operator turned it off."""
+    if not current_app.config["FEEDPROXY"].websub_max_subscriptions:
+        return None
+    return (host_url or request.host_url) + "websub"
+
+
+def find_digests(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> list[Digest]:
+    """A digest feed's entries: every matching paper grouped by period, the newest ``limit`` periods."""
+    everything = replace(params, limit=max(1, sum(len(snapshot.papers) for _, snapshot in current)))
+    newest = max((s.newest for _, s in current if s.newest is not None), default=None)
+    return group_digests(find_papers(everything, current), params.digest, newest)[: params.limit]
+
+
+def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]],
+                host_url: str | None = None) -> RenderedFeed:
+    """Filter the snapshots and render the feed the parameters ask for (at ``host_url``: outside a request)."""
     snapshots = [snapshot for _, snapshot in current]
-    papers = find_papers(params, current)
+    if params.digest:
+        digests = find_digests(params, current)
+        dates = [d.updated for d in digests]
+    else:
+        papers = find_papers(params, current)
+        dates = [p.published for p in papers]
     newest = max((s.newest for s in snapshots if s.newest is not None), default=None)
     # The newest entry's time; for an empty result the window's newest, so it
     # still moves only when the data does.
-    updated = max((p.published for p in papers), default=newest or snapshots[0].fetched_at)
-    url = feed_url(params)
+    updated = max(dates, default=newest or snapshots[0].fetched_at)
+    url = feed_url(params, host_url)
     info = FeedInfo(
         id=url,
         title=params.title(" + ".join(source.title for source, _ in current)),
@@ -223,15 +245,20 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]]) -> 
         subtitle=f"{', '.join(source.title for source, _ in current)}, filtered by feedproxy",
         alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"
         else "https://huggingface.co/papers",
-        why=why_matched(params, snapshots, papers),
-        base_url=request.host_url,
+        why={} if params.digest else why_matched(params, snapshots, papers),
+        base_url=host_url or request.host_url,
+        hub_url=hub_url(host_url),
     )
     fmt = FORMATS[params.format]
     # Last-Modified is when the data was last seen to change, not the newest entry's date: a paper
     # added with an older date, or new upvotes, change the bytes and must move it too.
     changed = max(snapshot.changed_at for snapshot in snapshots)
-    return RenderedFeed(fmt.render(info, papers, current_app.extensions["feedproxy.entry_cache"]), fmt.media_type,
-                        changed)
+    if params.digest:
+        # Ids from the URL without format=: a digest has the same id in every format, as a paper has.
+        body = render_digests(params.format, info, digests, feed_url(replace(params, format="atom"), host_url))
+    else:
+        body = fmt.render(info, papers, current_app.extensions["feedproxy.entry_cache"])
+    return RenderedFeed(body, fmt.media_type, changed)
 
 
 @bp.get("/sources")

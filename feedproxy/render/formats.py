@@ -57,6 +57,7 @@ class FeedInfo:
     why: Mapping[str, str] = field(default_factory=dict, compare=False)
     # This server's base URL ("https://host/"): each entry links to /feed?similar=<its id> there.
     base_url: str = ""
+    hub_url: str | None = None  # the WebSub hub announcing this feed's changes (rel=hub), if any
 
 
 def _text(value: str) -> str:
@@ -234,7 +235,17 @@ def render_atom(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | N
     """Return an Atom 1.0 document listing ``papers`` in the order given."""
     fg = _feed_generator(info)
     fg.link(href=info.self_url, rel="self", type="application/atom+xml")
+    if info.hub_url:
+        fg.link(href=info.hub_url, rel="hub")
     return _splice(fg.atom_str(pretty=False), b"</feed>", _entries("atom", papers, _atom_entry, entries, info))
+
+
+def _with_rss_hub(head: bytes, hub_url: str | None) -> bytes:
+    """Add <atom:link rel="hub"> first in the channel: feedgen writes only the rel=self atom:link in RSS."""
+    if not hub_url:
+        return head
+    link = f'<atom:link href="{escape(_text(hub_url), quote=True)}" rel="hub"/>'.encode()
+    return head.replace(b"<channel>", b"<channel>" + link, 1)
 
 
 def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | None = None) -> bytes:
@@ -242,7 +253,7 @@ def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | No
     fg = _feed_generator(info)
     fg.load_extension("dc", atom=False, rss=True)  # declares xmlns:dc on <rss>, for the items' dc:creator
     fg.link(href=info.self_url, rel="self", type="application/rss+xml")  # atom:link, as validators ask
-    head = fg.rss_str(pretty=False)
+    head = _with_rss_hub(fg.rss_str(pretty=False), info.hub_url)
     root = head[: head.index(b"<channel>")]
     for prefix, uri in RSS_NAMESPACES.items():
         if f'xmlns:{prefix}="{uri}"'.encode() not in root:  # the items use the prefix undeclared
@@ -284,6 +295,9 @@ def render_json(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | N
         "authors": [{"name": "Hugging Face Daily Papers", "url": HF_PAPERS_PAGE}],
         "items": [],
     }
+    if info.hub_url:
+        del document["items"]  # and put back after "hubs": the entries are spliced into the last key
+        document.update(hubs=[{"type": "WebSub", "url": info.hub_url}], items=[])
     head = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     # "items" is the last key: open its list again and fill it with the cached items.
     return _splice(head, b"]}", [b",".join(_entries("json", papers, _json_item, entries, info))])

@@ -229,18 +229,29 @@ class PaperIndex:
             numbers = self.__dict__["_numbers"] = {p.id: n for n, p in enumerate(self.papers)}
         return numbers.get(paper_id)
 
-    def fields_matched(self, root: Node, paper_id: str) -> list[tuple[Term | Phrase, list[str]]]:
-        """For each word or phrase searched for, the fields of paper ``paper_id`` that hold it."""
-        number = self.number_of(paper_id)
-        found = []
+    def fields_matched(self, root: Node, paper_ids: Iterable[str]) -> dict[str, list[tuple[Term | Phrase, list[str]]]]:
+        """For each of the papers held among ``paper_ids``: each word or phrase searched for, and the
+        fields of the paper that hold it. A word's postings are read once for all the papers."""
+        columns = []
         for leaf in positive_leaves(root):
             fields = [leaf.field] if leaf.field else list(_ANY_FIELDS)
             if isinstance(leaf, Term):
-                held = [f for f in fields if self._fields[f].bits(leaf.stem) >> number & 1]
+                columns.append((leaf, [(f, _digits(self._fields[f].bits(leaf.stem))) for f in fields], None))
             else:
-                variants = self.phrase_variants(leaf.stems)
-                held = [f for f in fields if variants and self.has_phrase(number, variants, f)]
-            found.append((leaf, held))
+                columns.append((leaf, fields, self.phrase_variants(leaf.stems)))
+        found = {}
+        for paper_id in paper_ids:
+            number = self.number_of(paper_id)
+            if number is None:
+                continue
+            rows = []
+            for leaf, fields, variants in columns:
+                if variants is None:
+                    held = [f for f, digits in fields if number < len(digits) and digits[number] == "1"]
+                else:
+                    held = [f for f in fields if variants and self.has_phrase(number, variants, f)]
+                rows.append((leaf, held))
+            found[paper_id] = rows
         return found
 
     def concepts_near(self, root: Node, paper_id: str) -> list[tuple[str, float]]:

@@ -121,17 +121,17 @@ def explain_matches(snapshots: Sequence[Snapshot], query: Query, papers: Sequenc
         return {}
     similar_text = concept_text(_paper(snapshots, similar)) if similar else None
     why: dict[str, str] = {}
-    for paper in papers:
-        snapshot = next((s for s in snapshots if s.index.number_of(paper.id) is not None), None)
-        if snapshot is None:
-            continue
-        parts = [f"{_shown(leaf)} in {', '.join(fields)}"
-                 for leaf, fields in snapshot.index.fields_matched(query.root, paper.id) if fields]
-        for text, score in snapshot.index.concepts_near(query.root, paper.id):
-            label = f"paper {similar}" if text == similar_text else f'~"{text}"'
-            parts.append(f"near {label} in meaning ({score:.1f} σ)")
-        if parts:
-            why[paper.id] = "; ".join(parts)
+    remaining = [paper.id for paper in papers]
+    for snapshot in snapshots:
+        held = snapshot.index.fields_matched(query.root, remaining)
+        for paper_id, rows in held.items():
+            parts = [f"{_shown(leaf)} in {', '.join(fields)}" for leaf, fields in rows if fields]
+            for text, score in snapshot.index.concepts_near(query.root, paper_id):
+                label = f"paper {similar}" if text == similar_text else f'~"{text}"'
+                parts.append(f"near {label} in meaning ({score:.1f} σ)")
+            if parts:
+                why[paper_id] = "; ".join(parts)
+        remaining = [paper_id for paper_id in remaining if paper_id not in held]  # the first source wins
     return why
 
 

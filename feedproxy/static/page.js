@@ -5,6 +5,7 @@
 
 (function () {
   const DEBOUNCE_MS = 300;
+  const HINTS = {q: "q-hint", digest: "digest-hint"};  // the hint each control is always described by
   const form = document.getElementById("feed-form");
   const error = document.getElementById("form-error");
   const feedBox = document.getElementById("feed-box");
@@ -47,7 +48,7 @@
     error.hidden = !message;
     for (const control of form.elements) {
       if (!control.name) continue;
-      const hint = control.name === "q" ? ["q-hint"] : [];
+      const hint = HINTS[control.name] ? [HINTS[control.name]] : [];
       const ids = message && control.name === parameter ? hint.concat("form-error") : hint;
       if (ids.length) control.setAttribute("aria-describedby", ids.join(" "));
       else control.removeAttribute("aria-describedby");

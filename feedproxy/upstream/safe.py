@@ -117,8 +117,8 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
-def _checked_target(url: httpx.URL, allowed_hosts: frozenset[str], given: str = "") -> tuple[str, int]:
-    """The (host, port) of an allowed URL; raise UrlNotAllowed (naming ``given``, the URL as written) otherwise."""
+def url_target(url: httpx.URL, given: str = "") -> tuple[str, int]:
+    """The (host, port) of an http(s) URL with a host and no user name or password; UrlNotAllowed otherwise."""
     shown = _shown(given or str(url))
     if url.scheme not in DEFAULT_PORTS:
         raise UrlNotAllowed(f"{shown}: only http and https URLs can be fetched", str(url))
@@ -127,7 +127,13 @@ def _checked_target(url: httpx.URL, allowed_hosts: frozenset[str], given: str = 
     host = url.raw_host.decode("ascii")
     if not host:
         raise UrlNotAllowed(f"{shown}: the URL has no host", str(url))
-    port = url.port if url.port is not None else DEFAULT_PORTS[url.scheme]
+    return host, url.port if url.port is not None else DEFAULT_PORTS[url.scheme]
+
+
+def _checked_target(url: httpx.URL, allowed_hosts: frozenset[str], given: str = "") -> tuple[str, int]:
+    """The (host, port) of an allowed URL; raise UrlNotAllowed (naming ``given``, the URL as written) otherwise."""
+    host, port = url_target(url, given)
+    shown = _shown(given or str(url))
     matching = [rule for rule in _rules(allowed_hosts) if rule.matches(host)]
     if not matching:
         raise UrlNotAllowed(f"{shown}: host {host} is not on this server's list of allowed hosts", str(url))
@@ -210,9 +216,13 @@ class PinnedTransport(httpx.BaseTransport):
         self.resolver = resolver
         self.network = network
 
+    def target(self, url: httpx.URL) -> tuple[str, int]:
+        """The (host, port) a request may go to; UrlNotAllowed when its URL is not allowed."""
+        return _checked_target(url, self.allowed_hosts)
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            host, port = _checked_target(request.url, self.allowed_hosts)
+            host, port = self.target(request.url)
         except UrlNotAllowed as exc:
             raise FetchRefused(str(exc), exc.url) from None
         address = self._checked_address(request, host, port)
@@ -251,7 +261,7 @@ class PinnedTransport(httpx.BaseTransport):
         self.network.close()
 
 
-def _direct_network() -> httpx.BaseTransport:
+def direct_network() -> httpx.BaseTransport:
     # No keep-alive: a pooled connection is keyed by address, and reusing one made
     # with another host's SNI would skip that host's certificate check.
     return httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
@@ -278,7 +288,7 @@ class SafeFetcher(HttpFetcher):
         network: httpx.BaseTransport | None = None,
     ):
         self.allowed_hosts = frozenset(allowed_hosts)
-        transport = PinnedTransport(self.allowed_hosts, resolver, network or _direct_network())
+        transport = PinnedTransport(self.allowed_hosts, resolver, network or direct_network())
         super().__init__(
             connect_timeout=connect_timeout, read_timeout=read_timeout, max_bytes=max_bytes,
             accept=accept, transport=transport, follow_redirects=True,
