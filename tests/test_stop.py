@@ -38,7 +38,7 @@ def _wait_until(predicate, timeout: float, what: str):
 @pytest.fixture
 def slow_upstream(upstream):
     """Each page takes a while, so a refresher child is mid-fetch when the stop comes."""
-    upstream.always = Fault(delay=0.5)
+    upstream.always = Fault(delay=5.0)
     return upstream
 
 
@@ -70,7 +70,10 @@ def test_stopping_during_a_refresh_is_quick_and_clean(slow_upstream, tmp_path, h
     proc = _start(slow_upstream, tmp_path)
     try:
         _wait_until(lambda: _refresher_children(proc.pid), 20, "a refresher child started")
-        time.sleep(0.7)  # it is fetching now
+        # The child is fetching once the upstream has its request (its stop handlers are in place by
+        # then); the 5 s answer keeps it fetching whatever the machine's load.
+        _wait_until(lambda: slow_upstream.requests, 20, "the refresher child asked the upstream")
+        time.sleep(0.2)
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         else:
