@@ -141,3 +141,16 @@ def test_timestamps_are_utc():
     assert parse_timestamp("2024-05-27T09:00:00+02:00").hour == 7
     assert parse_timestamp("2024-05-27").tzinfo is not None
     assert parse_timestamp(None) is None and parse_timestamp("") is None and parse_timestamp(5) is None
+
+
+def test_sizes_no_paper_reaches_are_capped_at_parse_time(items):
+    """(issue 17) 50,000 authors made rendering take 40 s (feedgen is quadratic in authors)."""
+    from feedproxy.upstream.papers import MAX_AUTHORS, MAX_KEYWORDS, MAX_TEXT_CHARS, MAX_TITLE_CHARS
+
+    item = dict(items[0], title="T" * 50_000, summary="a " * 50_000,
+                paper=dict(items[0]["paper"], authors=[{"name": f"Author {n}"} for n in range(50_000)],
+                           ai_keywords=[f"k{n}" for n in range(5_000)], ai_summary="s" * 50_000))
+    paper = paper_from_item(item)
+    assert len(paper.authors) == MAX_AUTHORS and paper.authors[0] == "Author 0"
+    assert len(paper.ai_keywords) == MAX_KEYWORDS and len(paper.title) == MAX_TITLE_CHARS
+    assert len(paper.abstract) <= MAX_TEXT_CHARS and len(paper.ai_summary) == MAX_TEXT_CHARS

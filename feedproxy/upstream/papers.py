@@ -74,6 +74,12 @@ def _optional_url(value: object) -> str | None:
     return None
 
 
+# Sizes no real paper reaches, so that no item can make rendering or indexing slow (feedgen's entry
+# building is quadratic in authors: 50,000 of them took 40 s) or a snapshot large.
+MAX_AUTHORS = 1000
+MAX_KEYWORDS = 100
+MAX_TITLE_CHARS = 1000
+MAX_TEXT_CHARS = 20_000  # abstract and AI summary
 MAX_COUNT = 10**9  # upvotes, comments, stars: no real count comes near; the index stores them in 64 bits
 
 
@@ -203,11 +209,11 @@ def paper_from_item(item: object) -> Paper:
     # the first author), so they stay: dropping them would break author: queries.
     authors_raw = inner.get("authors")
     author_objects = [a for a in (authors_raw if isinstance(authors_raw, list) else ()) if isinstance(a, dict)]
-    authors = tuple(name for name in (clean_text(a.get("name")) for a in author_objects) if name)
+    authors = tuple(name for name in (clean_text(a.get("name"))[:MAX_TITLE_CHARS] for a in author_objects) if name)
+    authors = authors[:MAX_AUTHORS]
     keywords_raw = inner.get("ai_keywords")
-    keywords = tuple(
-        k for k in (clean_text(k) for k in (keywords_raw if isinstance(keywords_raw, list) else ())) if k
-    )
+    keywords_given = keywords_raw if isinstance(keywords_raw, list) else ()
+    keywords = tuple(k for k in (clean_text(k)[:MAX_TITLE_CHARS] for k in keywords_given) if k)[:MAX_KEYWORDS]
     github_repo = _optional_url(inner.get("githubRepo"))
     org = item.get("organization") or inner.get("organization")
     if not isinstance(org, dict):
@@ -216,17 +222,18 @@ def paper_from_item(item: object) -> Paper:
     # Where each field lives: submittedOnDailyBy (paper, since 2025-03) or submittedBy (outer, from
     # 2024-06); the oldest items have neither. Authors carry a user object once they claim the paper.
     submitter = _user_name(inner.get("submittedOnDailyBy")) or _user_name(item.get("submittedBy"))
-    author_users = tuple(dict.fromkeys(name for name in (_user_name(a.get("user")) for a in author_objects) if name))
+    author_users = tuple(dict.fromkeys(
+        name for name in (_user_name(a.get("user")) for a in author_objects[:MAX_AUTHORS]) if name))
 
     return Paper(
         id=paper_id,
-        title=title,
+        title=title[:MAX_TITLE_CHARS],
         published=published,
-        abstract=clean_text(item.get("summary")) or clean_text(inner.get("summary")),
+        abstract=(clean_text(item.get("summary")) or clean_text(inner.get("summary")))[:MAX_TEXT_CHARS],
         authors=authors,
         upvotes=_optional_int(inner.get("upvotes")),
         comments=_optional_int(item.get("numComments")),
-        ai_summary=clean_text(inner.get("ai_summary")),
+        ai_summary=clean_text(inner.get("ai_summary"))[:MAX_TEXT_CHARS],
         ai_keywords=keywords,
         github_repo=github_repo,
         project_page=_optional_url(inner.get("projectPage")),
