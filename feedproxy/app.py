@@ -48,9 +48,11 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
     # Repeated feed URLs are answered below Flask; ProxyFix, when used, wraps it so the URL is the public one.
     app.wsgi_app = app.extensions["feedproxy.fast_path"] = FeedFastPath(app.wsgi_app)
     if config.proxy_count:
-        # Behind nginx, trust X-Forwarded-Proto/Host so rel=self and ids carry the public URL.
+        # Behind nginx, trust X-Forwarded-Proto/Host so rel=self and ids carry the public URL. Not
+        # X-Forwarded-Port: X-Forwarded-Host carries the port, and a proxy that passes a client's
+        # X-Forwarded-Port on would let one request poison the links of a cached feed.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_count, x_proto=config.proxy_count,
-                                x_host=config.proxy_count, x_port=config.proxy_count)
+                                x_host=config.proxy_count, x_port=0)
     registry = build_sources(config, source, clock or utcnow, on_upstream_request=metrics.record_upstream,
                              url_fetcher=url_fetcher)
     app.extensions["feedproxy.sources"] = registry

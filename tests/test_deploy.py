@@ -271,7 +271,9 @@ def test_gzip_and_identity_are_cached_as_separate_variants(stack):
 
 def test_feed_links_carry_the_public_host_and_cannot_be_spoofed(stack):
     path = "/feed?q=diffusion&limit=5"
-    reply = fetch(stack.nginx.base, path, X_Forwarded_Host="evil.example", X_Forwarded_Proto="https")
+    # (issue 17) X-Forwarded-Port from a client too: it would have poisoned the cached feed's links.
+    reply = fetch(stack.nginx.base, path, X_Forwarded_Host="evil.example", X_Forwarded_Proto="https",
+                  X_Forwarded_Port="6666")
     assert reply.status == 200
     root = check_atom(reply.body, self_url=stack.nginx.base + path)
     assert root.findtext(f"{ATOM}id").startswith(stack.nginx.base + "/feed?q=")

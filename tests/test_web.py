@@ -296,3 +296,11 @@ def test_top_longer_than_the_window_is_refused(upstream, clock):
     assert refused.status_code == 400
     assert refused.text == ("parameter 'top' cannot be month: this server keeps only the last 7 days of papers "
                             "(FEEDPROXY_WINDOW_DAYS)\n")
+
+
+def test_behind_a_proxy_the_public_host_comes_from_x_forwarded_host_not_port(upstream, clock):
+    """(issue 17) A client's X-Forwarded-Port passed on by a proxy must not change a feed's links."""
+    client = create_app(make_config(upstream.url, proxy_count=1), clock=clock).test_client()
+    headers = {"X-Forwarded-Host": "feeds.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Port": "6666"}
+    root = check_atom(client.get("/feed?q=agent", headers=headers).data)
+    assert root.findtext(f"{ATOM}id") == "https://feeds.example.org/feed?q=agent"
