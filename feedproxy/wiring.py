@@ -21,7 +21,7 @@ from feedproxy.store.sources import Source, SourceRegistry
 from feedproxy.upstream.daily_papers import ListingSource, source_for
 from feedproxy.upstream.feeds import FeedListing
 from feedproxy.upstream.http import FEED_ACCEPT, HttpFetcher
-from feedproxy.upstream.safe import SafeFetcher
+from feedproxy.upstream.safe import OwnHostTransport, SafeFetcher
 
 
 def build_sources(
@@ -65,7 +65,8 @@ def build_sources(
                     max_bytes=config.max_response_bytes)
 
     def feed_source(name: str, url: str) -> Source:
-        listing = FeedListing(url, fetcher=HttpFetcher(accept=FEED_ACCEPT, **settings))
+        # Its own host as configured (it may be private on purpose); redirects elsewhere public only.
+        listing = FeedListing(url, fetcher=HttpFetcher(accept=FEED_ACCEPT, transport=OwnHostTransport(url), **settings))
         return Source(name, url, name, store_for(listing, name))
 
     def url_source(url: str) -> Source:

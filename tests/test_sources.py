@@ -212,3 +212,18 @@ def test_the_hf_token_goes_to_daily_papers_only(upstream, clock, feeds, tmp_path
     assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {token}"
     assert feeds.paths() == ["/atom/cs.LG", "/rss/cs.CL"]
     assert not any("Authorization" in r["headers"] for r in feeds.requests)
+
+
+def test_a_configured_feed_may_be_private_but_its_redirects_elsewhere_must_be_public(upstream, clock):
+    """(issue 17) The operator's own host is trusted as configured; a redirect to another host is
+    checked like a url= fetch, so a feed cannot lead the service to a loopback or private address."""
+    with FakeFeeds() as server:
+        server.serve("/feed.xml", fixture("blog.rss"))
+        server.redirect("/moved", "/feed.xml")  # same host and port: followed
+        server.redirect("/away", f"http://localhost:{server.port}/feed.xml")  # another host: a loopback one
+        feeds = (("same", server.url("/moved")), ("away", server.url("/away")))
+        client = create_app(make_config(upstream.url, feeds=feeds), clock=clock).test_client()
+        assert client.get("/feed?source=same").status_code == 200
+        refused = client.get("/feed?source=away")
+    assert refused.status_code == 503
+    assert "localhost resolves to 127.0.0.1 (loopback); only public addresses can be fetched" in refused.text

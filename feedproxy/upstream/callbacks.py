@@ -16,19 +16,12 @@ import httpx
 
 from feedproxy.errors import CallbackFailed, FetchRefused, SubscriptionRefused, UrlNotAllowed
 from feedproxy.upstream.http import USER_AGENT
-from feedproxy.upstream.safe import MAX_URL_LENGTH, PinnedTransport, Resolver, direct_network, resolve_host, url_target
+from feedproxy.upstream.safe import MAX_URL_LENGTH, PublicTransport, Resolver, direct_network, resolve_host
 
 MAX_ANSWER_BYTES = 64 * 1024
 
 
-class CallbackTransport(PinnedTransport):
-    """PinnedTransport for any host on any port: http(s), no user name or password, public addresses only."""
-
-    def __init__(self, resolver: Resolver, network: httpx.BaseTransport):
-        super().__init__(frozenset(), resolver, network)
-
-    def target(self, url: httpx.URL) -> tuple[str, int]:
-        return url_target(url)
+CallbackTransport = PublicTransport  # any public host and port, pinned to the address checked
 
 
 @dataclass(frozen=True)

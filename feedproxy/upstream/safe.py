@@ -267,6 +267,38 @@ def direct_network() -> httpx.BaseTransport:
     return httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
 
 
+class PublicTransport(PinnedTransport):
+    """PinnedTransport for any host on any port: http(s), no user name or password, public addresses only."""
+
+    def __init__(self, resolver: Resolver = resolve_host, network: httpx.BaseTransport | None = None):
+        super().__init__(frozenset(), resolver, network or direct_network())
+
+    def target(self, url: httpx.URL) -> tuple[str, int]:
+        return url_target(url)
+
+
+class OwnHostTransport(httpx.BaseTransport):
+    """For a feed the operator configured: its own host and port as they are (they may be private on
+    purpose), and any other a redirect leads to only at public addresses, as for url= feeds."""
+
+    def __init__(self, url: str, network: httpx.BaseTransport | None = None,
+                 elsewhere: httpx.BaseTransport | None = None):
+        own = httpx.URL(url)
+        self.own = (own.scheme, own.host.lower(), own.port)
+        self.network = network or httpx.HTTPTransport()
+        self.elsewhere = elsewhere or PublicTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if (url.scheme, url.host.lower(), url.port) == self.own:
+            return self.network.handle_request(request)
+        return self.elsewhere.handle_request(request)
+
+    def close(self) -> None:
+        self.network.close()
+        self.elsewhere.close()
+
+
 class SafeFetcher(HttpFetcher):
     """An HttpFetcher for user-supplied URLs: allow-list, public addresses only, pinned connections.
 
