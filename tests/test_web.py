@@ -304,3 +304,11 @@ def test_behind_a_proxy_the_public_host_comes_from_x_forwarded_host_not_port(ups
     headers = {"X-Forwarded-Host": "feeds.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Port": "6666"}
     root = check_atom(client.get("/feed?q=agent", headers=headers).data)
     assert root.findtext(f"{ATOM}id") == "https://feeds.example.org/feed?q=agent"
+
+
+def test_plain_text_errors_are_never_sniffed_as_html(client):
+    """(issue 17) Error messages quote the request: a browser must not render one as HTML."""
+    response = client.get("/feed?q=%3Cscript%3Ealert(1)%3C/script%3E%20%22")
+    assert response.status_code == 400 and response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.content_type == "text/plain; charset=utf-8"
+    assert client.get("/no-such-page").headers["X-Content-Type-Options"] == "nosniff"

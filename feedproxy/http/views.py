@@ -81,8 +81,14 @@ class ParsedRequests:
 
 
 def plain(message: str, status: int, headers: dict | None = None) -> Response:
-    """A one-line text/plain answer, for errors shown to people and feed readers alike."""
-    return Response(message.rstrip("\n") + "\n", status=status, headers=headers, content_type="text/plain; charset=utf-8")
+    """A one-line text/plain answer, for errors shown to people and feed readers alike.
+
+    ``nosniff``: messages quote what the user sent, so no browser may take one for HTML.
+    """
+    response = Response(message.rstrip("\n") + "\n", status=status, headers=headers,
+                        content_type="text/plain; charset=utf-8")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.before_app_request
