@@ -69,11 +69,9 @@ def test_similar_lists_the_papers_nearest_to_one_paper_without_it(client):
     paper = everything[3]
     near = ids(client.get(f"/feed?similar={paper}&limit=5"))
     assert near and paper not in near and len(near) <= 5
-    scores = concepts.shared_model().embed  # nearest first: check against the index directly
     assert near == ids(client.get(f"/feed?similar={paper}&limit=5&sort=relevance"))
     unknown = client.get("/feed?similar=9999.99999")
     assert unknown.status_code == 400 and "no paper '9999.99999' in this feed's window" in unknown.text
-    assert scores is not None
 
 
 def test_every_entry_links_to_papers_like_it_and_says_why_it_is_here(client):

@@ -173,7 +173,7 @@ def _window_days() -> int:
     return current_app.extensions["feedproxy.store"].window.days
 
 
-def prepared_query(params: FeedRequest):
+def words_to_mark(params: FeedRequest):
     """The words to mark in titles: the query's own (a concept query's words are not searched as words)."""
     return params.query if params.match != "concept" else EMPTY_QUERY
 
@@ -194,7 +194,7 @@ def build_preview(args: MultiDict) -> Preview:
         current = current_snapshots(sources)
         papers = find_papers(params, current)
         why = why_matched(params, [snapshot for _, snapshot in current], papers)
-        marks = prepared_query(params)
+        marks = words_to_mark(params)
         rows = tuple(Row(p, tuple(highlight(p.title, marks)), why.get(p.id, ""), url_for("page.index", similar=p.id))
                      for p in papers)
         return Preview(**found, rows=rows, chart=week_chart(params, current))

@@ -2,13 +2,13 @@
 
 Fetching 99 pages and indexing 9,877 papers takes seconds of CPU that would
 hold the GIL away from the worker's request threads, and leaves the worker's
-heap fragmented (about 165 MB RSS against 115 MB for a worker that loads the
-same index from disk). So a worker with a data folder runs each refresh as
+heap fragmented (a worker that built an index once measured 162 MB against 118 MB for one that
+loaded it). So a worker with a data folder runs each refresh as
 
-    python -m feedproxy.refresher SOURCE --wait SECONDS --parent PID   (the Config pickled on stdin)
+    python -c _CHILD_START SOURCE --wait SECONDS --parent PID   (the Config pickled on stdin)
 
-(feedproxy.refresher, started here) which does exactly what an in-process refresh does (take the folder's refresh
-lock, fetch, merge, index, save the snapshot and its index) and exits; the
+which runs feedproxy.refresher.main: exactly what an in-process refresh does (take the folder's
+refresh lock, fetch, merge, index, save the snapshot and its index), then exit; the
 worker then loads the saved index. Exit status 0: refreshed or nothing due;
 1: the upstream failed (recorded in failure.json for every worker to see);
 3: stopped by SIGINT or SIGTERM before it finished (nothing half-written: each
