@@ -1,5 +1,7 @@
 """The hub's SQLite records: what was announced (once per change, whoever looks), and the outbox's leases."""
 
+import multiprocessing
+
 from feedproxy.store.subscriptions import MAX_ANNOUNCED_IDS, HubDatabase, Outgoing
 
 
@@ -40,3 +42,29 @@ def test_an_item_is_held_by_one_worker_until_its_lease_ends(tmp_path):
     assert again.id == item.id and again.attempts == 2
     other_worker.retry_at(again.id, 500)
     assert db.claim(now=499, lease_seconds=120) is None and db.claim(now=500, lease_seconds=120).attempts == 3
+
+
+def _open_after(barrier, folder, results):
+    barrier.wait()
+    try:
+        HubDatabase(folder)
+        results.put("opened")
+    except Exception as exc:  # the assertion below shows it
+        results.put(repr(exc))
+
+
+def test_workers_booting_together_all_open_a_new_database(tmp_path):
+    # gunicorn boots its workers at the same moment; SQLite answers "database is locked" at once,
+    # without waiting, to a process switching a new file to WAL while another does the same
+    # (CI saw a worker fail to boot that way). 8 processes x 40 new folders, released together.
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_ in range(40):
+        folder, barrier, results = str(tmp_path / str(round_)), context.Barrier(8), context.Queue()
+        processes = [context.Process(target=_open_after, args=(barrier, folder, results)) for _ in range(8)]
+        for process in processes:
+            process.start()
+        outcomes += [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join()
+    assert [o for o in outcomes if o != "opened"] == []

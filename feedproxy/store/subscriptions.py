@@ -20,6 +20,7 @@ Without a data folder the database lives in memory, for tests.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -99,12 +100,23 @@ class HubDatabase:
         try:
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            if folder:
-                self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the one writer
-            self._db.executescript(SCHEMA)
+                # Workers boot together. Switching a new file to WAL answers "database is locked" at
+                # once, without waiting, when another process is half-way through the same: so one
+                # process at a time sets the file up, under a lock beside it.
+                with open(self.path + ".lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    self._db = self._open()
+            else:
+                self._db = self._open()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"storage: cannot open the hub's database {self.path}: {exc}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the one writer
+        db.executescript(SCHEMA)
+        return db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
