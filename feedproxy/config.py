@@ -77,6 +77,7 @@ SETTINGS = (
     "FEEDPROXY_TIMEOUT",
     "FEEDPROXY_MAX_RESPONSE_BYTES",
     "FEEDPROXY_MAX_PAGES",
+    "FEEDPROXY_MAX_PAPERS",
     "FEEDPROXY_PROXY_COUNT",
     "FEEDPROXY_DATA_DIR",
     "FEEDPROXY_FEEDS",
@@ -204,6 +205,7 @@ class Config:
     read_timeout: float = 20.0
     max_response_bytes: int = 16 * 1024 * 1024
     max_pages: int = 100
+    max_papers: int = 20_000  # per source, held and fetched per refresh (url= feeds: URL_MAX_PAPERS at most)
     proxy_count: int = 0
     data_dir: str | None = None  # None: keep the snapshot in memory only (tests); from_env always sets it
     feeds: tuple[tuple[str, str], ...] = ()  # (name, url) of extra RSS/Atom sources
@@ -224,6 +226,8 @@ class Config:
             raise ConfigError(f"window_days must be from 1 to 3650, got {self.window_days}")
         if self.refresh_seconds < 1:
             raise ConfigError(f"refresh_seconds must be positive, got {self.refresh_seconds}")
+        if self.max_papers < 1:
+            raise ConfigError(f"max_papers must be positive, got {self.max_papers}")
         if self.max_pages < 1:
             raise ConfigError(f"max_pages must be positive, got {self.max_pages}")
 
@@ -243,6 +247,7 @@ class Config:
             read_timeout=_float_setting(env, "FEEDPROXY_TIMEOUT", 20.0, 0.1, 300),
             max_response_bytes=_int_setting(env, "FEEDPROXY_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 1024, 1024**3),
             max_pages=_int_setting(env, "FEEDPROXY_MAX_PAGES", 100, 1, 1000),
+            max_papers=_int_setting(env, "FEEDPROXY_MAX_PAPERS", 20_000, 100, 1_000_000),
             proxy_count=_int_setting(env, "FEEDPROXY_PROXY_COUNT", 0, 0, 5),
             data_dir=check_data_dir(env.get("FEEDPROXY_DATA_DIR") or str(default_data_dir())),
             feeds=parse_feeds(env.get("FEEDPROXY_FEEDS", "")),

@@ -23,6 +23,10 @@ from feedproxy.upstream.feeds import FeedListing
 from feedproxy.upstream.http import FEED_ACCEPT, HttpFetcher
 from feedproxy.upstream.safe import OwnHostTransport, SafeFetcher
 
+# Each url= feed a reader names is held in memory (up to 32 of them): a few hundred entries is what
+# real feeds carry, so a thousand is plenty and bounds what strangers can make a worker hold.
+URL_MAX_PAPERS = 1000
+
 
 def build_sources(
     config: Config,
@@ -42,7 +46,7 @@ def build_sources(
     """
     clock = clock or utcnow
 
-    def store_for(listing: ListingSource, name: str | None) -> SnapshotStore:
+    def store_for(listing: ListingSource, name: str | None, max_papers: int = config.max_papers) -> SnapshotStore:
         # Each configured source keeps its own file; ad-hoc URL sources live in memory only.
         folder = os.path.join(config.data_dir, name) if config.data_dir and name else None
         refresher = None
@@ -52,6 +56,7 @@ def build_sources(
             listing,
             build_index=PaperIndex,
             window_days=config.window_days,
+            max_papers=max_papers,
             refresh_seconds=config.refresh_seconds,
             clock=clock,
             background=config.background_refresh,
@@ -72,7 +77,7 @@ def build_sources(
     def url_source(url: str) -> Source:
         fetcher = url_fetcher() if url_fetcher else SafeFetcher(allowed_hosts=config.allow_url_hosts, **settings)
         listing = FeedListing(url, fetcher=fetcher)
-        return Source("url", url, url, store_for(listing, None), adhoc=True)
+        return Source("url", url, url, store_for(listing, None, min(URL_MAX_PAPERS, config.max_papers)), adhoc=True)
 
     sources = []
     if only in (None, DEFAULT_SOURCE):

@@ -20,9 +20,10 @@ def test_values_are_read(tmp_path):
     config = Config.from_env({
         "FEEDPROXY_UPSTREAM_URL": str(listing), "FEEDPROXY_WINDOW_DAYS": "7",
         "FEEDPROXY_REFRESH_SECONDS": "600", "FEEDPROXY_TIMEOUT": "2.5", "FEEDPROXY_MAX_PAGES": "3",
+        "FEEDPROXY_MAX_PAPERS": "5000",
     })
     assert (config.upstream_url, config.window_days, config.refresh_seconds) == (str(listing), 7, 600)
-    assert (config.read_timeout, config.max_pages) == (2.5, 3)
+    assert (config.read_timeout, config.max_pages, config.max_papers) == (2.5, 3, 5000)
     assert Config.from_env({"FEEDPROXY_UPSTREAM_URL": listing.as_uri()}).upstream_url == listing.as_uri()
 
 
@@ -32,6 +33,7 @@ def test_values_are_read(tmp_path):
         ("FEEDPROXY_WINDOW_DAYS", "abc", "whole number from 1 to 3650"),
         ("FEEDPROXY_WINDOW_DAYS", "0", "from 1 to 3650"),
         ("FEEDPROXY_REFRESH_SECONDS", "5", "from 60 to 86400"),
+        ("FEEDPROXY_MAX_PAPERS", "99", "from 100 to 1000000"),
         ("FEEDPROXY_TIMEOUT", "-1", "from 0.1 to 300"),
         ("FEEDPROXY_TIMEOUT", "soon", "number of seconds"),
         ("FEEDPROXY_UPSTREAM_URL", "ftp://example.org/x", "scheme 'ftp'"),

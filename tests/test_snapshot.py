@@ -48,6 +48,45 @@ def test_window_is_counted_back_from_the_newest_paper():
     assert [p.id for p in merged] == ["2608.00001", "2608.00002"]
 
 
+def test_papers_dated_past_a_days_slack_are_refused_held_or_fetched():
+    ahead = Paper(id="9999.00001", title="From the future", published=datetime(9999, 12, 31, tzinfo=timezone.utc))
+    merged = merge_window([ahead, paper(1, 1)], [paper(2, -0.9), paper(3, -1.1)], timedelta(days=30), T0)
+    assert [p.id for p in merged] == ["2608.00002", "2608.00001"]  # 0.9 days ahead is within the slack
+
+
+def test_a_window_holds_the_newest_max_papers():
+    merged = merge_window([paper(n, n / 10) for n in range(50)], [paper(99, 0)], timedelta(days=30), T0, 20)
+    assert [p.id for p in merged] == ["2608.00099"] + [f"2608.{n:05d}" for n in range(19)]
+
+
+def test_a_year_9999_item_never_heads_the_feed_and_is_counted_as_skipped(clock, caplog):
+    items = [item(n, n) for n in range(5)]
+    items.insert(0, {"paper": {"id": "2608.99999", "title": "Typo year"}, "publishedAt": "9999-01-01T00:00:00Z"})
+    fake = FakeUpstream(items).start()
+    try:
+        with caplog.at_level("INFO", logger="feedproxy.store.snapshot"):
+            snapshot = store_for(fake, clock).current()
+    finally:
+        fake.stop()
+    assert [p.id for p in snapshot.papers] == [f"2608.{n:05d}" for n in range(5)]
+    assert "fetched=5 skipped=1 window_papers=5" in caplog.text
+
+
+def test_a_source_renaming_its_ids_at_every_refresh_stays_within_max_papers(clock):
+    fake = FakeUpstream([item(n, n / 100) for n in range(1000)]).start()
+    try:
+        store = store_for(fake, clock, max_papers=150, refresh_seconds=900)
+        first = store.current()
+        assert fake.page_requests() == [0, 1]  # stops reading once it has 150
+        fake.items = [item(1000 + n, n / 100) for n in range(1000)]  # the same papers under new ids
+        clock.advance(901)
+        second = store.current()
+    finally:
+        fake.stop()
+    assert len(first.papers) == 150 and len(second.papers) == 150
+    assert second.papers[0].id == "2608.01000" and first.papers[0].id == "2608.00000"
+
+
 def test_content_version_depends_only_on_content():
     a = [paper(1, 1), paper(2, 2)]
     assert content_version(a) == content_version(list(a))

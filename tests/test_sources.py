@@ -1,6 +1,9 @@
 """Several sources: configured RSS/Atom feeds, /sources, merging, announce types, url= rules."""
 
 
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
 import feedparser
 import pytest
 
@@ -227,3 +230,20 @@ def test_a_configured_feed_may_be_private_but_its_redirects_elsewhere_must_be_pu
         refused = client.get("/feed?source=away")
     assert refused.status_code == 503
     assert "localhost resolves to 127.0.0.1 (loopback); only public addresses can be fetched" in refused.text
+
+
+def test_a_url_feed_holds_at_most_a_thousand_items(upstream, clock, feeds_example):
+    items = "".join(f"<item><title>Post {n}</title><link>http://feeds.example/{n}</link><guid>post-{n}</guid>"
+                    f"<pubDate>{format_datetime(datetime(2026, 8, 1, tzinfo=timezone.utc) - timedelta(minutes=n))}"
+                    f"</pubDate></item>" for n in range(1200))
+    feeds_example.serve("/big.xml", f'<?xml version="1.0"?><rss version="2.0"><channel><title>Big</title>'
+                                    f'{items}</channel></rss>'.encode())
+    client = url_client(upstream, clock, feeds_example)
+    assert client.get("/feed?url=http://feeds.example/big.xml").status_code == 200
+    held = client.application.extensions["feedproxy.sources"].for_url("http://feeds.example/big.xml")
+    assert [p.title for p in held.store.current().papers][-1] == "Post 999"  # the newest thousand
+
+
+def test_a_source_holds_at_most_max_papers(upstream, clock):
+    client = create_app(make_config(upstream.url, window_days=1000, max_papers=7), clock=clock).test_client()
+    assert len(feedparser.parse(client.get("/feed?limit=500").data).entries) == 7

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 from feedproxy.errors import NoData, RefresherError, RefresherStopped, StorageError, UpstreamBadData, UpstreamError
 from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
 from feedproxy.store.policy import RefreshState
-from feedproxy.store.window import content_version, merge_window, window_start
+from feedproxy.store.window import content_version, dated_in_future, merge_window, window_start
 from feedproxy.upstream.daily_papers import ListingSource
 from feedproxy.upstream.http import NO_VALIDATORS, Validators
 from feedproxy.upstream.papers import Paper, newest_first
@@ -108,6 +108,7 @@ class SnapshotStore:
         *,
         build_index: IndexBuilder,
         window_days: int = 30,
+        max_papers: int = 20_000,
         refresh_seconds: int = 900,
         clock: Clock = utcnow,
         background: bool = True,
@@ -119,6 +120,7 @@ class SnapshotStore:
         self.source = source
         self.build_index = build_index
         self.window = timedelta(days=window_days)
+        self.max_papers = max_papers  # held at most, the newest, and fetched at most per refresh
         self.refresh_seconds = refresh_seconds
         self.clock = clock
         self.background = background
@@ -329,13 +331,19 @@ class SnapshotStore:
                     validators = page.validators
                 pages += 1
                 self.on_upstream_request(None)
-                skipped += page.skipped
-                fetched.extend(page.papers)
                 if not page.papers:
+                    skipped += page.skipped
                     break
+                papers = [p for p in page.papers if not dated_in_future(p, now)]
+                skipped += page.skipped + len(page.papers) - len(papers)  # the future-dated are refused
+                fetched.extend(papers)
+                if len(fetched) >= self.max_papers:
+                    break  # as many as the window may hold: a source cannot make one refresh grow without end
+                if not papers:
+                    continue
                 # Max, not the first: an RSS feed need not list newest first.
-                newest = max([max(p.published for p in page.papers)] + ([newest] if newest else []))
-                oldest = min(p.published for p in page.papers)
+                newest = max([max(p.published for p in papers)] + ([newest] if newest else []))
+                oldest = min(p.published for p in papers)
                 if oldest < window_start(newest, now, self.window):
                     break  # this page reaches past the window: everything older is outside it
         except UpstreamError as exc:
@@ -351,7 +359,7 @@ class SnapshotStore:
             validators = NO_VALIDATORS
 
         if fetched:
-            merged = merge_window(held.papers if held else (), fetched, self.window, now)
+            merged = merge_window(held.papers if held else (), fetched, self.window, now, self.max_papers)
             if held is None or content_version(merged) != held.version:
                 self._snapshot = Snapshot.build(merged, now, self._next_change_time(now),
                                                 build_index=self.build_index, validators=validators)
@@ -417,7 +425,7 @@ class SnapshotStore:
         self.saved_snapshot_ignored = None
         if self._snapshot is not None and saved.fetched_at <= self._snapshot.fetched_at:
             return
-        papers = merge_window((), saved.papers, self.window, self.clock())
+        papers = merge_window((), saved.papers, self.window, self.clock(), self.max_papers)
         # The window may have dropped papers since it was saved: that is new content, first seen now.
         changed_at = saved.changed_at if len(papers) == len(saved.papers) else self._next_change_time(self.clock())
         if self._snapshot is not None and content_version(papers) == self._snapshot.version:
