@@ -134,6 +134,16 @@ def test_bad_parameters_get_400_naming_them(client, query, words):
     assert words in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("host", ["", "a b", "x:99999", "example.org:abc", "@", "a/b", "\x00",
+                                  "example.org,evil.example"])
+@pytest.mark.parametrize("path", ["/feed?q=agent", "/", "/opml?q=agent"])
+def test_a_host_header_that_is_no_host_name_is_400_never_ids_without_a_host(client, host, path):
+    assert client.get(path, headers={"Host": "example.org"}).status_code == 200  # known to the fast path
+    response = client.get(path, headers={"Host": host})
+    assert (response.status_code, response.mimetype) == (400, "text/plain")
+    assert response.text == f"the Host header {host!r} is not a valid host name (and port)\n"
+
+
 def test_no_data_yet_is_503_with_retry_after(upstream, clock):
     upstream.always = Fault(status=502)
     client = create_app(make_config(upstream.url), clock=clock).test_client()

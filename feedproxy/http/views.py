@@ -92,6 +92,19 @@ def plain(message: str, status: int, headers: dict | None = None) -> Response:
 
 
 @bp.before_app_request
+def refuse_bad_hosts() -> Response | None:
+    """Refuse a Host header that is not a host name: feed ids and links are built from it.
+
+    Werkzeug gives an empty host for one it cannot trust (spaces, a bad port, '@', several hosts),
+    which would make every id of the feed `http:///feed...`, the same for any such request.
+    """
+    if not request.host:
+        return plain(f"the Host header {request.headers.get('Host', '')[:100]!r} is not a valid host name (and port)",
+                     400)
+    return None
+
+
+@bp.before_app_request
 def refuse_hostile_query_strings() -> Response | None:
     """Refuse query strings no reader sends, before any parsing: too long, too many, not UTF-8."""
     raw = request.query_string
