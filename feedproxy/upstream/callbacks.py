@@ -6,6 +6,8 @@ is pinned to the address checked) but not the operator's allow-list: a
 subscriber may be on any public host and port. Redirects are not followed (a
 3xx is an answer like any other), and only the first bytes of an answer are
 read: the hub needs its status, and for a verification the echoed challenge.
+Each request ends within connect + 2 x read timeout, however slowly the
+subscriber answers (upstream.deadline).
 """
 
 from __future__ import annotations
