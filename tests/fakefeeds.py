@@ -1,10 +1,11 @@
 """Loopback stand-ins for feed servers and for the internet, for tests of feeds.py and safefetch.py.
 
 ``FakeFeeds`` serves fixed bodies per path on 127.0.0.1 (optionally over TLS),
-with ETags, redirects, slow ("dripping") and length-less bodies, and records
-every request. ``LoopbackNetwork`` is the ``network`` a SafeFetcher is given in
-tests: it receives requests already pinned to a checked public address and
-delivers them to the FakeFeeds standing at that address.
+with ETags, redirects, slow ("dripping") headers and bodies, length-less bodies,
+and records every request. ``LoopbackNetwork`` is the ``network`` a SafeFetcher
+is given in tests: it receives requests already pinned to a checked public
+address and delivers them, through the transport production uses, to the
+FakeFeeds standing at that address.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+
+from feedproxy.upstream.safe import direct_network
 
 FEEDS = Path(__file__).parent / "fixtures" / "feeds"
 TLS = FEEDS / "tls"
@@ -39,6 +42,7 @@ class Route:
     etag: bool = False  # send an ETag; answer a matching If-None-Match with 304
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     drip: float = 0.0  # seconds to wait before each byte of the body
+    drip_headers: float = 0.0  # seconds to wait before each byte of the headers (after the status line)
 
 
 class FakeFeeds:
@@ -47,7 +51,9 @@ class FakeFeeds:
     def __init__(self, routes: dict[str, Route] | None = None, *, tls: bool = False):
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: list[dict] = []  # {"path": ..., "headers": {...}}
+        self.heads: list[str] = []  # how each dripped head ended: "whole", or "cut short" when the client left
         self._lock = threading.Lock()
+        self._head_ended = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.tls = tls
@@ -74,6 +80,12 @@ class FakeFeeds:
 
     def paths(self) -> list[str]:
         return [r["path"] for r in self.requests]
+
+    def wait_for_heads(self, count: int, timeout: float = 30) -> list[str]:
+        """Wait (at most ``timeout`` seconds) until ``count`` dripped heads have ended; return how each ended."""
+        with self._head_ended:
+            self._head_ended.wait_for(lambda: len(self.heads) >= count, timeout)
+            return list(self.heads)
 
     def start(self) -> "FakeFeeds":
         self._thread.start()
@@ -112,14 +124,18 @@ class FakeFeeds:
                 self._answer(route)
 
             def _answer(self, route: Route):
-                self.send_response(route.status)
-                self.send_header("Content-Type", route.content_type)
+                headers = [("Content-Type", route.content_type)]
                 if route.send_length:
-                    self.send_header("Content-Length", str(len(route.body)))
-                for key, value in route.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
+                    headers.append(("Content-Length", str(len(route.body))))
+                headers += route.headers.items()
                 try:
+                    if route.drip_headers:
+                        self._drip_head(route, headers)
+                    else:
+                        self.send_response(route.status)
+                        for key, value in headers:
+                            self.send_header(key, value)
+                        self.end_headers()
                     if route.drip:
                         for i in range(len(route.body)):
                             time.sleep(route.drip)
@@ -131,6 +147,23 @@ class FakeFeeds:
                     pass
                 if not route.send_length:
                     self.close_connection = True
+
+            def _drip_head(self, route: Route, headers: list[tuple[str, str]]) -> None:
+                self.wfile.write(f"HTTP/1.1 {route.status} {self.responses[route.status][0]}\r\n".encode())
+                self.wfile.flush()
+                head = "".join(f"{key}: {value}\r\n" for key, value in headers) + "Connection: close\r\n\r\n"
+                self.close_connection = True
+                ended = "cut short"
+                try:
+                    for byte in head.encode():
+                        time.sleep(route.drip_headers)
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    ended = "whole"
+                finally:
+                    with fake._head_ended:
+                        fake.heads.append(ended)
+                        fake._head_ended.notify_all()
 
         return Handler
 
@@ -147,7 +180,7 @@ class LoopbackNetwork(httpx.BaseTransport):
         self.hosts = hosts
         self.sent: list[dict] = []
         context = ssl.create_default_context(cafile=str(TLS / "ca.pem"))
-        self._transport = httpx.HTTPTransport(verify=context)
+        self._transport = direct_network(verify=context)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sent.append({

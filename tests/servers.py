@@ -68,6 +68,16 @@ def wait_for_feed(base: str, proc: subprocess.Popen, path: str = "/feed", timeou
     raise AssertionError(f"no 200 from {base}{path} within {timeout}s")
 
 
+def wait_until(condition, timeout: float = 10) -> bool:
+    """Poll ``condition`` every 0.2 s until it holds; return whether it did within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def stop(proc: subprocess.Popen) -> str:
     """SIGTERM the process, wait for it, and return what it printed (empty when it printed to a file)."""
     proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ import pytest
 
 from .atomcheck import check_atom, entry_ids
 from .fakesubscriber import FakeSubscriber
-from .servers import ROOT, free_port, start_gunicorn, stop, wait_for_feed
+from .servers import ROOT, free_port, start_gunicorn, stop, wait_for_feed, wait_until
 from .test_digest import new_item
 
 
@@ -163,12 +163,3 @@ def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_pape
                                                                         hashlib.sha256).hexdigest()
     assert [e.id for e in feedparser.parse(push["body"]).entries] == ["https://huggingface.co/papers/2608.99001"]
     assert "Traceback" not in log and "websub subscribe outcome=verified" in log
-
-
-def wait_until(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True

@@ -12,6 +12,7 @@ from feedproxy.app import create_app
 from .atomcheck import check_atom, entry_ids
 from .conftest import make_config
 from .fakefeeds import FakeFeeds, fixture
+from .servers import wait_until
 from .test_safefetch import fetcher_for
 
 LG_IDS = ["2508.13601", "2508.13644", "2508.12990", "2406.01122", "2312.04410", "2508.13777"]
@@ -247,3 +248,27 @@ def test_a_url_feed_holds_at_most_a_thousand_items(upstream, clock, feeds_exampl
 def test_a_source_holds_at_most_max_papers(upstream, clock):
     client = create_app(make_config(upstream.url, window_days=1000, max_papers=7), clock=clock).test_client()
     assert len(feedparser.parse(client.get("/feed?limit=500").data).entries) == 7
+
+
+def test_a_url_feed_that_drips_answers_503_at_once_and_its_fetch_ends_at_the_deadline(upstream, clock):
+    """(issue 17) In service a cold url= feed is fetched in a background thread, never a request's:
+    the request answers 503 with Retry-After at once, /healthz answers, and the fetch from a server
+    dripping its headers ends at the deadline (connect + 2 x read timeout) and is reported."""
+    with FakeFeeds() as server:
+        server.serve("/feed.xml", fixture("blog.rss"), drip_headers=0.1)  # about 10 s of headers
+        config = make_config(upstream.url, allow_url_hosts=frozenset({"feeds.example"}), background_refresh=True)
+
+        def fetcher():
+            return fetcher_for(server, connect_timeout=0.5, read_timeout=0.5)[0]
+
+        client = create_app(config, clock=clock, url_fetcher=fetcher).test_client()
+        assert wait_until(lambda: client.get("/healthz").status_code == 200)  # hf-daily's first fetch, in the background
+        url = "/feed?url=http://feeds.example/feed.xml"
+        first = client.get(url)
+        assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1
+        assert "the first fetch from the upstream is still running" in first.text
+        assert client.get("/healthz").status_code == 200
+        assert wait_until(lambda: "still running" not in client.get(url).text, timeout=20)
+        later = client.get(url)
+    assert later.status_code == 503 and "http://feeds.example/feed.xml: response took longer than 1.5 s" in later.text
+    assert server.wait_for_heads(1) == ["cut short"]  # the fetch left before the headers were out

@@ -6,6 +6,8 @@ is pinned to the address checked) but not the operator's allow-list: a
 subscriber may be on any public host and port. Redirects are not followed (a
 3xx is an answer like any other), and only the first bytes of an answer are
 read: the hub needs its status, and for a verification the echoed challenge.
+Each request ends within connect + 2 x read timeout, however slowly the
+subscriber answers (upstream.deadline).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from feedproxy.errors import CallbackFailed, FetchRefused, SubscriptionRefused, UrlNotAllowed
+from feedproxy.upstream.deadline import Deadline, exchange_seconds
 from feedproxy.upstream.http import USER_AGENT
 from feedproxy.upstream.safe import MAX_URL_LENGTH, PublicTransport, Resolver, direct_network, resolve_host
 
@@ -45,6 +48,7 @@ class CallbackClient:
 
     def __init__(self, *, resolver: Resolver = resolve_host, network: httpx.BaseTransport | None = None,
                  connect_timeout: float = 5.0, read_timeout: float = 10.0):
+        self.deadline = exchange_seconds(connect_timeout, read_timeout)
         self.transport = CallbackTransport(resolver, network or direct_network())
         self._client = httpx.Client(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -79,8 +83,9 @@ class CallbackClient:
         return self._send("POST", url, content=body, headers=headers)
 
     def _send(self, method: str, url: str, **options) -> Answer:
+        deadline = Deadline(self.deadline)
         try:
-            with self._client.stream(method, url, **options) as response:
+            with deadline, self._client.stream(method, url, **options) as response:
                 body = b""
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -90,6 +95,8 @@ class CallbackClient:
         except FetchRefused as exc:
             raise CallbackFailed(f"callback {url}: {exc}", "private_address") from None
         except httpx.TimeoutException as exc:
+            if deadline.passed:
+                raise CallbackFailed(f"callback {url}: the answer took longer than {self.deadline:g} s", "timeout") from None
             raise CallbackFailed(f"callback {url} timed out ({type(exc).__name__})", "timeout") from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise CallbackFailed(f"callback {url} is unreachable: {exc}", "unreachable") from None

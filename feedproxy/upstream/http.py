@@ -1,7 +1,8 @@
 """The HTTP client every upstream fetch goes through: timeouts, a size cap, conditional GET.
 
-httpx gives connect and read timeouts; on top of them a whole-response
-deadline (so a server dripping a byte per read timeout cannot hold a refresh),
+httpx gives connect and read timeouts; on top of them one wall-clock deadline
+over the whole exchange (upstream.deadline: connect, TLS, headers, body and
+redirects, so a server dripping a byte per read timeout cannot hold a refresh),
 a byte cap, and conditional requests: the caller passes the Validators
 (ETag, Last-Modified) of the data it holds, and an unchanged upstream answers
 304 with no body. The fetcher remembers nothing: validators travel with the
@@ -22,6 +23,7 @@ import httpx
 
 from feedproxy import __version__
 from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from feedproxy.upstream.deadline import Deadline, DeadlineClient, exchange_seconds
 
 USER_AGENT = f"feedproxy/{__version__} (self-hosted Daily Papers feed filter)"
 # What RSS/Atom fetches accept (configured feeds and url= feeds alike).
@@ -126,10 +128,13 @@ class HttpFetcher:
         follow_redirects: bool = True,
         headers: Mapping[str, str] | None = None,
     ):
-        """``headers`` go with every request (Authorization: httpx drops it on a redirect to another origin)."""
+        """``headers`` go with every request (Authorization: httpx drops it on a redirect to another origin).
+
+        ``transport`` should keep the Deadline (see upstream.deadline); without one, the client's own does.
+        """
         self.max_bytes = max_bytes
-        self.deadline = connect_timeout + 2 * read_timeout
-        self._client = httpx.Client(
+        self.deadline = exchange_seconds(connect_timeout, read_timeout)
+        self._client = DeadlineClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             headers={"User-Agent": USER_AGENT, "Accept": accept, "Accept-Encoding": "gzip", **(headers or {})},
             follow_redirects=follow_redirects,
@@ -139,11 +144,15 @@ class HttpFetcher:
 
     def get(self, url: str, params: dict | None = None, *, validators: Validators = NO_VALIDATORS) -> Fetched:
         """GET ``url``, conditionally when ``validators`` are given (then a 304 gives a Fetched without body)."""
+        deadline = Deadline(self.deadline)
         try:
-            return self._get(url, params, validators.request_headers())
+            with deadline:
+                return self._get(url, params, validators.request_headers(), deadline)
         except UpstreamError:
             raise
         except httpx.TimeoutException as exc:
+            if deadline.passed:
+                raise self._too_long(url) from None
             raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__})") from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise UpstreamUnreachable(f"upstream {url} is unreachable: {exc}") from None
@@ -151,10 +160,12 @@ class HttpFetcher:
             # Broken connections, bad encodings, too many redirects, protocol errors.
             raise UpstreamBadData(f"upstream {url}: {type(exc).__name__}: {exc}") from None
 
-    def _get(self, url: str, params: dict | None, headers: dict) -> Fetched:
+    def _too_long(self, url: str) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream {url}: response took longer than {self.deadline:g} s")
+
+    def _get(self, url: str, params: dict | None, headers: dict, deadline: Deadline) -> Fetched:
         origin = f"upstream {url}"
         full = url + ("?" + urlencode(params) if params else "")
-        started = time.monotonic()
         with self._client.stream("GET", url, params=params, headers=headers) as response:
             if response.status_code == 304 and headers:
                 return Fetched(full, None, response.headers)
@@ -167,8 +178,8 @@ class HttpFetcher:
             inflater = _inflater(response.headers.get("Content-Encoding", ""), origin)
             chunks, size = [], 0
             for raw in response.iter_raw():
-                if time.monotonic() - started > self.deadline:
-                    raise UpstreamTimeout(f"{origin}: response took longer than {self.deadline:g} s")
+                if deadline.passed:  # the transport's reads end by it; a test's fake transport may not
+                    raise self._too_long(url)
                 # Inflated a bounded piece at a time: a few kB of gzip can stand for gigabytes.
                 pending = raw
                 while pending:

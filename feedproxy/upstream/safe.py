@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
@@ -39,6 +40,7 @@ from typing import Callable, Iterable
 import httpx
 
 from feedproxy.errors import FetchRefused, UrlNotAllowed
+from feedproxy.upstream.deadline import with_deadline
 from feedproxy.upstream.http import FEED_ACCEPT, NO_VALIDATORS, Fetched, HttpFetcher, Validators
 
 Resolver = Callable[[str, int], list[str]]
@@ -261,10 +263,14 @@ class PinnedTransport(httpx.BaseTransport):
         self.network.close()
 
 
-def direct_network() -> httpx.BaseTransport:
+def direct_network(verify: ssl.SSLContext | bool = True) -> httpx.BaseTransport:
+    """The transport that connects to checked addresses, keeping the Deadline of the fetch under way.
+
+    ``verify`` is for tests (a context trusting their own CA); production keeps the default.
+    """
     # No keep-alive: a pooled connection is keyed by address, and reusing one made
     # with another host's SNI would skip that host's certificate check.
-    return httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+    return with_deadline(httpx.HTTPTransport(verify=verify, limits=httpx.Limits(max_keepalive_connections=0)))
 
 
 class PublicTransport(PinnedTransport):
@@ -285,7 +291,7 @@ class OwnHostTransport(httpx.BaseTransport):
                  elsewhere: httpx.BaseTransport | None = None):
         own = httpx.URL(url)
         self.own = (own.scheme, own.host.lower(), own.port)
-        self.network = network or httpx.HTTPTransport()
+        self.network = network or with_deadline(httpx.HTTPTransport())
         self.elsewhere = elsewhere or PublicTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
