@@ -27,6 +27,8 @@ from feedproxy import __version__
 from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
 
 HF_PAPERS_PAGE = "https://huggingface.co/papers"
+# Rendered entries a worker keeps (an Atom entry is about 5 kB; recent papers are in most feeds).
+DEFAULT_ENTRY_CACHE_BYTES = 8 * 1024 * 1024
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 # The namespaces of an RSS document, with the prefixes feedgen declares on <rss> and readers look for:
 # rss-parser and others match the literal "content:encoded" and "dc:creator", not the namespace.
@@ -213,9 +215,13 @@ class EntryCache:
     the Paper value, so a paper whose data changes is rendered anew.
     """
 
-    def __init__(self, max_bytes: int = 16 * 1024 * 1024):
+    def __init__(self, max_bytes: int = DEFAULT_ENTRY_CACHE_BYTES):
         self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._lock = threading.Lock()
+
+    @property
+    def max_bytes(self) -> int:
+        return self._cache.maxsize
 
     def get(self, fmt: str, paper: Paper, render: Callable[[Paper], bytes]) -> bytes:
         key = (fmt, paper)
