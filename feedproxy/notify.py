@@ -20,10 +20,11 @@ URLs: those may hold passwords and stay in the environment.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+from types import ModuleType
 from urllib.parse import parse_qsl
 
-import apprise
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.config import DEFAULT_SOURCE, Config, Notification
@@ -32,6 +33,11 @@ from feedproxy.http.params import FeedRequest, parse_feed_request
 from feedproxy.render.digest import one_line_tldr
 from feedproxy.store.subscriptions import Claimed, Outgoing
 from feedproxy.upstream.papers import Paper
+
+
+def _apprise() -> ModuleType:
+    """apprise, imported when a notification is configured: it adds about 18 MB to every worker that imports it."""
+    return importlib.import_module("apprise")
 
 
 # What selects papers; the others (format, sort, limit, digest) shape a feed, and url= feeds are not watched.
@@ -55,7 +61,7 @@ def check_notifications(config: Config) -> dict[str, FeedRequest]:
         except BadParameter as exc:
             raise ConfigError(f"{where}: {exc}") from None
         for url in notification.urls:
-            if not apprise.Apprise().add(url):
+            if not _apprise().Apprise().add(url):
                 # Only the scheme is shown: the rest of an apprise URL often holds a password or token.
                 raise ConfigError(f"{where}: apprise does not accept the {url.split('://')[0]}:// URL given "
                                   "(see https://github.com/caronc/apprise/wiki for the URL of each service)")
@@ -91,6 +97,7 @@ class Notifier:
         notification = self.notifications.get(item.target)
         if notification is None:
             return "dropped"
+        apprise = _apprise()
         destinations = apprise.Apprise()
         for url in notification.urls:
             destinations.add(url)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -180,3 +181,11 @@ def test_checking_the_setting_imports_neither_flask_nor_the_metrics():
             "print(sorted(m for m in ('flask', 'prometheus_client') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_worker_without_notifications_never_imports_apprise():
+    """apprise adds about 4 MB to each worker's RSS beyond what it shares with the rest (issue 13, memory)."""
+    code = ("import sys; from feedproxy.app import create_app; from feedproxy.config import Config; "
+            "create_app(Config(background_refresh=False)); print('apprise' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
