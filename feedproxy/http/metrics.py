@@ -108,8 +108,12 @@ def metrics_health() -> dict:
     folder = os.environ.get(FOLDER_SETTING)
     problem = boot_problem()
     if folder and not os.path.isdir(folder):
-        problem = f"the metrics folder {folder} was removed: workers recreate it as they restart"
+        problem = _removed(folder)
     return {"metrics_folder": folder or None, "metrics_error": problem or _write_error}
+
+
+def _removed(folder: str) -> str:
+    return f"the metrics folder {folder} was removed: workers recreate it as they restart"
 
 
 class ReadableFilesCollector:
@@ -117,7 +121,7 @@ class ReadableFilesCollector:
 
     def __init__(self, folder: str) -> None:
         if not os.path.isdir(folder):
-            raise MetricsUnreadable(f"the metrics folder {folder} was removed: workers recreate it as they restart")
+            raise MetricsUnreadable(_removed(folder))
         self.folder = folder
 
     def collect(self):
@@ -128,12 +132,17 @@ class ReadableFilesCollector:
             return multiprocess.MultiProcessCollector.merge([f for f in files if _readable(f)], accumulate=True)
 
 
+_unreadable_reported: set[str] = set()
+
+
 def _readable(path: str) -> bool:
     try:
         multiprocess.MultiProcessCollector.merge([path], accumulate=True)
         return True
     except Exception as exc:  # noqa: BLE001 - whatever a garbled file makes the parser raise
-        log.warning("metrics: left out %s, which cannot be read: %r", path, exc)
+        if path not in _unreadable_reported:  # once per file, not at every scrape
+            _unreadable_reported.add(path)
+            log.warning("metrics: left out %s, which cannot be read: %r", path, exc)
         return False
 
 

@@ -104,7 +104,8 @@ def _try_a_write(folder: str) -> None:
 
 def _count_in_process_memory() -> None:
     del os.environ[FOLDER_SETTING]
-    from prometheus_client import values  # the master may have loaded it, choosing files for every worker
+    # Choose again: the master may have loaded prometheus-client already, choosing files for every worker.
+    from prometheus_client import values
 
     values.ValueClass = values.get_value_class()
 
