@@ -90,6 +90,7 @@ def test_metrics_count_every_workers_requests(upstream, tmp_path):
                                  "FEEDPROXY_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"})
     try:
         wait_for_feed(base, proc)
+        assert wait_until(lambda: _every_worker_serves(base, "/healthz"), timeout=30)  # both have loaded the data
         with httpx.Client(base_url=base, timeout=5) as client:  # a new connection each time spreads workers
             for _ in range(40):
                 assert httpx.get(base + "/feed?q=metricsprobe", timeout=5).status_code == 200
@@ -162,10 +163,10 @@ def test_workers_still_boot_and_metrics_answer_after_the_metrics_folder_is_remov
     assert "Worker failed to boot" not in log and "Traceback" not in log
 
 
-def _every_worker_serves(base: str) -> bool:
-    """Whether six feed requests in a row, each on a new connection (so on either worker), answer 200."""
+def _every_worker_serves(base: str, path: str = "/feed?q=agents") -> bool:
+    """Whether six requests in a row, each on a new connection (so on either worker), answer 200."""
     try:
-        return all(httpx.get(base + "/feed?q=agents", timeout=5).status_code == 200 for _ in range(6))
+        return all(httpx.get(base + path, timeout=5).status_code == 200 for _ in range(6))
     except httpx.TransportError:
         return False
 
