@@ -15,6 +15,7 @@ import sys
 
 from feedproxy.config import Config
 from feedproxy.errors import ConfigError
+from feedproxy.http.metricsfolder import FOLDER_SETTING, metrics_root, prepare_worker
 from feedproxy.notify import check_notifications
 from feedproxy.numbers import parse_whole_number
 
@@ -58,17 +59,44 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode: each worker writes its metric values to files in
 # one folder and /metrics sums them, whichever worker answers. The folder must be
-# set before the workers import prometheus_client. Each instance (gunicorn master)
-# has a folder of its own below the metrics root, named by its pid and locked while
-# it runs, so a second instance on the same data folder (two `make run` of one user
-# share ~/.cache/feedproxy) neither adds in nor deletes the first one's counters.
-_metrics_root = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(feedproxy_config.data_dir, "metrics")
+# set before the workers import prometheus_client. It lives in memory when it can
+# (see feedproxy/http/metricsfolder.py: files there cannot take a worker down with
+# SIGBUS when the data disk fills up). Each instance (gunicorn master) has a folder
+# of its own below the metrics root, named by its pid and locked while it runs, so a
+# second instance on the same data folder (two `make run` of one user share
+# ~/.cache/feedproxy) neither adds in nor deletes the first one's counters.
+_root_chosen_by_operator = bool(os.environ.get(FOLDER_SETTING))
+_metrics_root = metrics_root(feedproxy_config.data_dir)
 _metrics_dir = os.path.join(_metrics_root, f"instance-{os.getpid()}")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-# Now, not at on_starting: `gunicorn --print-config` and --check-config load the app without starting.
-os.makedirs(_metrics_dir, exist_ok=True)
+os.environ[FOLDER_SETTING] = _metrics_dir
 _INSTANCE_LOCK = "instance.lock"
 _held_locks = []  # the open lock file of this instance's folder: closed (released) when the master exits
+
+
+def _hold_instance_lock() -> None:
+    """Create and lock this instance's folder, again if someone removed it (the old lock is then on no file)."""
+    path = os.path.join(_metrics_dir, _INSTANCE_LOCK)
+    if _held_locks and _same_file(_held_locks[-1], path):
+        return
+    os.makedirs(_metrics_dir, exist_ok=True)
+    handle = open(path, "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for old in _held_locks:
+        old.close()
+    _held_locks[:] = [handle]
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+try:  # now, not at on_starting: `gunicorn --print-config` and --check-config load the app without starting
+    os.makedirs(_metrics_dir, exist_ok=True)
+except OSError:
+    pass  # said in on_starting; each worker tries again, else counts in its own memory
 
 
 def _locked_by_a_running_instance(folder: str) -> bool:
@@ -87,9 +115,15 @@ def _locked_by_a_running_instance(folder: str) -> bool:
 
 def on_starting(server):
     """Lock this instance's metrics folder; remove those of instances that no longer run; say who shares."""
-    handle = open(os.path.join(_metrics_dir, _INSTANCE_LOCK), "a+")
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _held_locks.append(handle)
+    try:
+        _hold_instance_lock()
+        _remove_stopped_instances(server)
+    except OSError as exc:
+        server.log.warning("feedproxy: the metrics folder %s cannot be used (%s): each worker tries again, "
+                           "else counts in its own memory", _metrics_dir, exc)
+
+
+def _remove_stopped_instances(server):
     for name in os.listdir(_metrics_root):
         folder = os.path.join(_metrics_root, name)
         if folder == _metrics_dir or not os.path.isdir(folder):
@@ -107,8 +141,29 @@ def on_starting(server):
             os.unlink(os.path.join(_metrics_root, name))
 
 
+def pre_fork(server, worker):
+    """Before each new worker: put this instance's folder and lock back if someone removed them."""
+    try:
+        _hold_instance_lock()
+    except OSError:
+        pass  # the worker tries again and says why if it cannot
+
+
+def post_fork(server, worker):
+    """In the new worker, before the app loads: recreate its metrics folder, else count in its own memory."""
+    problem = prepare_worker()
+    if problem:
+        worker.log.warning("feedproxy: %s", problem)
+
+
 def on_exit(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _root_chosen_by_operator:
+        return
+    try:
+        os.rmdir(_metrics_root)  # when it was the last instance on this data folder: leave nothing in memory
+    except OSError:
+        pass
 
 
 def child_exit(server, worker):

@@ -12,6 +12,7 @@
         FetchRefused           a url= fetch led to a private address or off the allow-list (also UrlNotAllowed)
       InvalidItem            one upstream item cannot become a Paper; it is skipped, the rest kept
       StorageError           the data folder could not be read or written
+      MetricsUnreadable      the workers' metric files are gone: /metrics answers 503 (serving goes on)
       RefresherError         a refresher child did not finish (crashed, killed, timed out)
         RefresherStopped       it was stopped by SIGINT or SIGTERM (the service is stopping)
       ConceptsUnavailable    concept search cannot run: the model did not load (keyword search still works)
@@ -74,6 +75,10 @@ class InvalidItem(FeedproxyError):
 
 class StorageError(FeedproxyError):
     """A saved snapshot could not be read or written; the message says which file and why."""
+
+
+class MetricsUnreadable(FeedproxyError):
+    """The workers' metric files cannot be read (their folder was removed); feeds are served regardless."""
 
 
 class RefresherError(FeedproxyError):

@@ -114,12 +114,21 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group still runs; zombies waiting to be reaped do not count (Linux /proc)."""
+    return any(group == pgid for _, _, group in _running_processes())
+
+
+def children(pid: int) -> set[int]:
+    """The running (not zombie) child processes of pid: a gunicorn master's are its workers (Linux /proc)."""
+    return {child for child, parent, _ in _running_processes() if parent == pid}
+
+
+def _running_processes():
+    """(pid, parent pid, process group) of each process that is not a zombie."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        if fields[0] != "Z":
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])

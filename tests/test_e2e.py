@@ -2,7 +2,11 @@
 
 import hashlib
 import hmac
+import os
+import shutil
+import signal
 import time
+from pathlib import Path
 
 import feedparser
 import httpx
@@ -10,7 +14,7 @@ import pytest
 
 from .atomcheck import check_atom, entry_ids
 from .fakesubscriber import FakeSubscriber
-from .servers import ROOT, free_port, start_gunicorn, stop, wait_for_feed, wait_until
+from .servers import ROOT, children, free_port, start_gunicorn, stop, wait_for_feed, wait_until
 from .test_digest import new_item
 
 
@@ -86,6 +90,7 @@ def test_metrics_count_every_workers_requests(upstream, tmp_path):
                                  "FEEDPROXY_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"})
     try:
         wait_for_feed(base, proc)
+        assert wait_until(lambda: _every_worker_serves(base, "/healthz"), timeout=30)  # both have loaded the data
         with httpx.Client(base_url=base, timeout=5) as client:  # a new connection each time spreads workers
             for _ in range(40):
                 assert httpx.get(base + "/feed?q=metricsprobe", timeout=5).status_code == 200
@@ -96,11 +101,12 @@ def test_metrics_count_every_workers_requests(upstream, tmp_path):
                 line = next(l for l in text.splitlines()
                             if l.startswith('feedproxy_http_requests_total{route="/feed",status="200"}'))
                 seen.add(float(line.rsplit(" ", 1)[1]))
+            folder = client.get("/healthz").json()["metrics_folder"]
+            assert Path(folder).is_dir() and not folder.startswith(str(tmp_path))  # in memory, off the data disk
     finally:
         stop(proc)
     # Whichever worker answers, /metrics reports the requests of both (41: the warm-up one too).
     assert seen == {41.0}
-    assert (tmp_path / "metrics").is_dir()
 
 
 def _feed_requests_counted(base: str) -> float:
@@ -117,6 +123,7 @@ def test_a_second_instance_on_the_same_data_folder_keeps_apart_and_says_so(upstr
     second = None
     try:
         wait_for_feed(first_base, first)
+        root = Path(httpx.get(first_base + "/healthz", timeout=5).json()["metrics_folder"]).parent
         for _ in range(5):
             httpx.get(first_base + "/feed?q=probe", timeout=5)
         time.sleep(1.5)  # a worker adds its counts to the shared files once a second
@@ -132,7 +139,59 @@ def test_a_second_instance_on_the_same_data_folder_keeps_apart_and_says_so(upstr
         stop(first)
     assert "another instance (gunicorn master pid" in second_log and "uses the data folder" in second_log
     assert "Traceback" not in second_log
-    assert [p.name for p in (tmp_path / "metrics").iterdir()] == []  # each removed its own on exit
+    assert not root.exists()  # each removed its own folder on exit, the last one the root too
+
+
+def test_workers_still_boot_and_metrics_answer_after_the_metrics_folder_is_removed(upstream, tmp_path):
+    """The data folder (or /dev/shm) cleaned under a running service: a worker that dies is replaced all the same."""
+    proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "WEB_CONCURRENCY": "2"})
+    try:
+        wait_for_feed(base, proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        shutil.rmtree(tmp_path / "metrics")
+        os.kill(min(workers), signal.SIGKILL)
+        assert wait_until(lambda: len(children(proc.pid) - workers) == 1 and len(children(proc.pid)) == 2)
+        assert wait_until(lambda: _every_worker_serves(base), timeout=30)  # the new one has loaded the snapshot
+        for _ in range(10):  # a new connection each time: both workers answer
+            assert httpx.get(base + "/feed?q=agents", timeout=5).status_code == 200
+            assert httpx.get(base + "/metrics", timeout=5).status_code == 200
+            assert httpx.get(base + "/healthz", timeout=5).json()["metrics_error"] is None
+    finally:
+        log = stop(proc)
+    assert "Worker failed to boot" not in log and "Traceback" not in log
+
+
+def _every_worker_serves(base: str, path: str = "/feed?q=agents") -> bool:
+    """Whether six requests in a row, each on a new connection (so on either worker), answer 200."""
+    try:
+        return all(httpx.get(base + path, timeout=5).status_code == 200 for _ in range(6))
+    except httpx.TransportError:
+        return False
+
+
+def test_a_worker_that_cannot_write_its_metrics_folder_serves_and_counts_in_its_own_memory(upstream, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a-file" / "metrics"),
+                                 "WEB_CONCURRENCY": "1"})
+    try:
+        wait_for_feed(base, proc, "/feed?q=agents")
+        counted = _feed_requests_counted(base)
+        health = httpx.get(base + "/healthz", timeout=5).json()
+        # The master loads prometheus-client when a worker dies (child_exit): the next worker must choose again.
+        [worker] = children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        assert wait_until(lambda: children(proc.pid) not in (set(), {worker}))
+        assert wait_until(lambda: _every_worker_serves(base), timeout=30)
+        counted_by_the_next = _feed_requests_counted(base)
+    finally:
+        log = stop(proc)
+    assert counted == 1 and counted_by_the_next == 6
+    assert health["metrics_folder"] is None
+    assert health["metrics_error"].startswith(f"the metrics folder {tmp_path / 'a-file' / 'metrics'}/instance-")
+    assert log.count("this worker counts in its own memory") == 2 and "Traceback" not in log
 
 
 def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_paper(upstream, items):

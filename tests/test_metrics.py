@@ -133,3 +133,47 @@ def test_pending_counts_reach_prometheus_in_bulk_with_the_right_buckets():
     assert added == [2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     assert abs((sum_after - sum_before) - 20.0075) < 1e-9
     assert value("feedproxy_http_requests_total", route="/bulkprobe", status="200") - requests_before == 5
+
+
+def test_metrics_answer_503_with_the_reason_when_their_folder_was_removed(client, tmp_path, monkeypatch):
+    """Someone removed the data folder (or /dev/shm was cleaned): feeds go on, /metrics says why it cannot answer."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "removed"))
+    answer = client.get("/metrics")
+    assert answer.status_code == 503 and answer.content_type == "text/plain; charset=utf-8"
+    assert f"the metrics folder {tmp_path / 'removed'} was removed" in answer.get_data(as_text=True)
+    assert client.get("/feed?q=agents").status_code == 200
+    health = client.get("/healthz").get_json()
+    assert health["metrics_folder"] == str(tmp_path / "removed") and "was removed" in health["metrics_error"]
+
+
+def test_metrics_leave_out_a_garbled_file_and_sum_the_rest(client, tmp_path, monkeypatch):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    readable = MmapedDict(str(tmp_path / "counter_101.db"))
+    readable.write_value(mmap_key("feedproxy_probe", "feedproxy_probe_total", [], [], "A probe."), 7.0, 0.0)
+    readable.close()
+    (tmp_path / "counter_102.db").write_bytes(b"\x10\x00\x00\x00garbled")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert value(samples(client), "feedproxy_probe_total") == 7.0
+
+
+def test_a_failing_metric_write_never_stops_serving_and_is_logged_once(upstream, clock, monkeypatch, caplog):
+    """A metrics folder that is full or gone makes writes fail with OSError: the feed is served all the same."""
+    from prometheus_client import Counter, Gauge
+
+    from feedproxy.http import metrics
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Counter, "inc", full)
+    monkeypatch.setattr(Gauge, "set", full)
+    monkeypatch.setattr(metrics, "_write_error", None, raising=False)  # the first failure of the process
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    with caplog.at_level(logging.WARNING, logger="feedproxy.http.metrics"):
+        for _ in range(3):
+            assert client.get("/feed?q=agents").status_code == 200  # the first refreshes: an upstream count
+            assert client.get("/metrics").status_code == 200  # adds this worker's pending counts
+    warnings = [r.getMessage() for r in caplog.records if r.name == "feedproxy.http.metrics"]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert client.get("/healthz").get_json()["metrics_error"] == "a write failed: [Errno 28] No space left on device"

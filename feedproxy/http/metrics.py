@@ -1,15 +1,19 @@
 """Prometheus metrics at /metrics, and the per-request hooks that count and log every request.
 
 Correct with several gunicorn workers: when PROMETHEUS_MULTIPROC_DIR is set
-(gunicorn.conf.py sets it before the workers start), prometheus-client keeps
-each worker's values in files there and /metrics sums them, whichever worker
-answers. Without it (tests, `flask run`) values live in this process.
+(gunicorn.conf.py sets it before the workers start, see metricsfolder.py),
+prometheus-client keeps each worker's values in files there and /metrics sums
+them, whichever worker answers. Without it (tests, `flask run`) values live in
+this process. Metrics never stop serving: a failed write is logged once and
+skipped, and /metrics answers 503 with the reason when the files cannot be read.
 """
 
 from __future__ import annotations
 
 import atexit
 import bisect
+import glob
+import logging
 import os
 import threading
 import time
@@ -26,10 +30,14 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY
 
+from feedproxy.errors import (
+    MetricsUnreadable, UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable,
+)
 from feedproxy.http.accesslog import log_request
-from feedproxy.errors import UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from feedproxy.http.metricsfolder import FOLDER_SETTING, boot_problem
 
 bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
 
 # The latency histogram's bucket bounds; PendingCounts fills the same buckets in bulk.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -73,13 +81,76 @@ def upstream_outcome(error: UpstreamError | None) -> str:
 
 
 def record_upstream(error: UpstreamError | None) -> None:
-    UPSTREAM.labels(upstream_outcome(error)).inc()
+    count(UPSTREAM, upstream_outcome(error))
+
+
+def count(counter: Counter, *labels: str, amount: float = 1) -> None:
+    """counter.labels(*labels).inc(amount), never failing the caller: see write_safely."""
+    write_safely(lambda: _child(counter, *labels).inc(amount))
+
+
+_write_error: str | None = None  # why the latest metric write failed in this worker; the first is logged
+
+
+def write_safely(write) -> None:
+    """Run one metric write; an OSError (a full or removed metrics folder) is logged once and skipped."""
+    global _write_error
+    try:
+        write()
+    except OSError as exc:
+        if _write_error is None:
+            log.warning("metrics: a write failed, counts are incomplete from now on (logged once): %s", exc)
+        _write_error = f"a write failed: {exc}"
+
+
+def metrics_health() -> dict:
+    """Where this worker's metrics live (null: in its own memory) and why they are degraded (null: they are not)."""
+    folder = os.environ.get(FOLDER_SETTING)
+    problem = boot_problem()
+    if folder and not os.path.isdir(folder):
+        problem = _removed(folder)
+    return {"metrics_folder": folder or None, "metrics_error": problem or _write_error}
+
+
+def _removed(folder: str) -> str:
+    return f"the metrics folder {folder} was removed: workers recreate it as they restart"
+
+
+class ReadableFilesCollector:
+    """Sums the workers' files as prometheus-client's MultiProcessCollector does, leaving out any it cannot read."""
+
+    def __init__(self, folder: str) -> None:
+        if not os.path.isdir(folder):
+            raise MetricsUnreadable(_removed(folder))
+        self.folder = folder
+
+    def collect(self):
+        files = glob.glob(os.path.join(self.folder, "*.db"))
+        try:
+            return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        except Exception:  # noqa: BLE001 - a removed, cut or garbled file: find which, leave it out
+            return multiprocess.MultiProcessCollector.merge([f for f in files if _readable(f)], accumulate=True)
+
+
+_unreadable_reported: set[str] = set()
+
+
+def _readable(path: str) -> bool:
+    try:
+        multiprocess.MultiProcessCollector.merge([path], accumulate=True)
+        return True
+    except Exception as exc:  # noqa: BLE001 - whatever a garbled file makes the parser raise
+        if path not in _unreadable_reported:  # once per file, not at every scrape
+            _unreadable_reported.add(path)
+            log.warning("metrics: left out %s, which cannot be read: %r", path, exc)
+        return False
 
 
 def _registry() -> CollectorRegistry:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = os.environ.get(FOLDER_SETTING)
+    if folder:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(ReadableFilesCollector(folder))
         return registry
     return REGISTRY
 
@@ -92,13 +163,18 @@ def metrics() -> Response:
     PENDING.flush()  # this worker's own counts are current; the others' at most a second behind
     snapshot = store.peek()
     if store.last_success_at is not None:
-        SNAPSHOT_AGE.set((store.clock() - store.last_success_at).total_seconds())
-    PAPERS.set(len(snapshot.papers) if snapshot else 0)
+        write_safely(lambda: SNAPSHOT_AGE.set((store.clock() - store.last_success_at).total_seconds()))
+    write_safely(lambda: PAPERS.set(len(snapshot.papers) if snapshot else 0))
     hub = current_app.extensions.get("feedproxy.hub")
     if hub is not None:
-        WEBSUB_ACTIVE.set(hub.active_subscriptions())
-    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST,
-                    headers={"Cache-Control": "no-store"})
+        write_safely(lambda: WEBSUB_ACTIVE.set(hub.active_subscriptions()))
+    try:
+        body = generate_latest(_registry())
+    except MetricsUnreadable as exc:
+        return Response(f"metrics unavailable: {exc}\n", status=503, content_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": "no-store", "Retry-After": "60",
+                                 "X-Content-Type-Options": "nosniff"})
+    return Response(body, content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
 
 _children: dict = {}
@@ -163,9 +239,14 @@ class PendingCounts:
             totals[1][bucket] += 1
 
     def flush(self) -> None:
+        """Add the pending counts to the Prometheus values; a failed write loses them (logged once)."""
         with self._lock:
             requests, cache, latency = self.requests, self.cache, self.latency
             self._reset()
+        write_safely(lambda: self._apply(requests, cache, latency))
+
+    @staticmethod
+    def _apply(requests: dict, cache: dict, latency: dict) -> None:
         for labels, n in requests.items():
             _child(REQUESTS, *labels).inc(n)
         for label, n in cache.items():

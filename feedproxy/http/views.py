@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, UrlNotAllowed
 from feedproxy.http.conditional import feed_answer, max_age
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
+from feedproxy.http.metrics import metrics_health
 from feedproxy.http.params import FeedRequest, parse_feed_request
 from feedproxy.render.digest import Digest, group_digests, render_digests
 from feedproxy.render.formats import FORMATS, FeedInfo
@@ -302,6 +303,7 @@ def sources() -> Response:
 def healthz() -> Response:
     """Report what is served and how fresh it is: 200 while serving, 503 while there is no data."""
     report = health_report(_store())
+    report.update(metrics_health())  # of the worker answering
     others = [source for source in _registry() if source is not _registry().default]
     if others:
         report["sources"] = {source.name: health_report(source.store) for source in others}

@@ -38,7 +38,7 @@ from flask import Blueprint, Flask, Request, Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
 from feedproxy.errors import BadParameter, CallbackFailed, FeedproxyError, NoData, SubscriptionRefused
-from feedproxy.http.metrics import NOTIFICATIONS, WEBSUB_DELIVERIES, WEBSUB_SUBSCRIPTIONS
+from feedproxy.http.metrics import NOTIFICATIONS, WEBSUB_DELIVERIES, WEBSUB_SUBSCRIPTIONS, count
 from feedproxy.http.params import FeedRequest
 from feedproxy.http.views import feed_url, find_digests, find_papers, parse_request_args, plain, render_feed, sources_for
 from feedproxy.numbers import parse_whole_number
@@ -235,7 +235,7 @@ class Hub:
         except Exception:  # a background thread: log what nobody else would see
             log.exception("websub: verifying %s of %s failed", req.mode, req.callback)
             outcome = "error"
-        WEBSUB_SUBSCRIPTIONS.labels(outcome).inc()
+        count(WEBSUB_SUBSCRIPTIONS, outcome)
         log.info("websub %s outcome=%s callback=%s topic=%s lease=%d", req.mode, outcome, req.callback, req.topic,
                  req.lease_seconds)
         return outcome
@@ -302,7 +302,7 @@ class Hub:
         """Prune expired subscriptions, queue the feeds that gained entries, let the watchers look."""
         expired = self.db.prune(self.now())
         if expired:
-            WEBSUB_SUBSCRIPTIONS.labels("expired").inc(expired)
+            count(WEBSUB_SUBSCRIPTIONS, "expired", amount=expired)
         with self.app.app_context():
             # With the hub turned off, subscriptions from before are kept but get nothing.
             for topic in self.db.topics(self.now()) if self.enabled else ():
@@ -384,7 +384,7 @@ class Hub:
             else:
                 outcome = "failed" if outcome == "retry" else outcome
                 self.db.done(item.id)
-            DELIVERY_COUNTERS.get(item.kind, WEBSUB_DELIVERIES).labels(outcome).inc()
+            count(DELIVERY_COUNTERS.get(item.kind, WEBSUB_DELIVERIES), outcome)
             log.info("%s delivery outcome=%s target=%s attempt=%d", item.kind, outcome, item.target, item.attempts)
         return tried
 
@@ -420,6 +420,6 @@ def websub() -> Response:
         req = parse_hub_request(request, hub.callbacks)
         hub.accept(req)
     except BadParameter as exc:
-        WEBSUB_SUBSCRIPTIONS.labels("rejected").inc()
+        count(WEBSUB_SUBSCRIPTIONS, "rejected")
         return plain(str(exc), exc.status, {"Retry-After": "60"} if exc.status == 503 else None)
     return plain(f"accepted: the hub will verify this {req.mode} request at hub.callback", 202)
