@@ -6,6 +6,7 @@ the listing source and the clock so they need neither the network nor sleeping.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable
 
@@ -15,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from feedproxy import notify
 from feedproxy.config import Config
+from feedproxy.errors import StorageError
 from feedproxy.http import metrics
 from feedproxy.http.accesslog import configure_access_log
 from feedproxy.http.fastpath import FeedFastPath
@@ -31,6 +33,8 @@ from feedproxy.upstream.callbacks import CallbackClient
 from feedproxy.upstream.daily_papers import ListingSource
 from feedproxy.upstream.http import HttpFetcher
 from feedproxy.wiring import build_sources
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Config | None = None, *, source: ListingSource | None = None, clock: Clock | None = None,
@@ -63,11 +67,17 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
     app.register_blueprint(bp)
     app.register_blueprint(page_bp)
     app.register_blueprint(websub_bp)
+    try:
+        hub_db, hub_unavailable = HubDatabase(config.data_dir), None
+    except StorageError as exc:
+        # A data folder that cannot be written must not stop the workers booting: feeds need no hub.
+        log.warning("%s: the WebSub hub is unavailable; feeds are served without it", exc)
+        hub_db, hub_unavailable = None, str(exc)
     hub = app.extensions["feedproxy.hub"] = Hub(
-        app, HubDatabase(config.data_dir),
+        app, hub_db,
         callback_client or CallbackClient(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout),
         enabled=config.websub_max_subscriptions > 0, max_subscriptions=config.websub_max_subscriptions,
-        max_per_topic=config.websub_max_per_topic)
+        max_per_topic=config.websub_max_per_topic, unavailable=hub_unavailable)
     notify.install(hub, config)
     metrics.install(app)
     app.register_error_handler(HTTPException, handle_http_error)

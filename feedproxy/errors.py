@@ -15,6 +15,7 @@
       MetricsUnreadable      the workers' metric files are gone: /metrics answers 503 (serving goes on)
       RefresherError         a refresher child did not finish (crashed, killed, timed out)
         RefresherStopped       it was stopped by SIGINT or SIGTERM (the service is stopping)
+        RefresherCannotSave    it cannot save to the data folder: the worker refreshes in its own process
       ConceptsUnavailable    concept search cannot run: the model did not load (keyword search still works)
         ModelMismatch          saved embeddings were made by another model: rebuild them
       QueryError             the q parameter is not a valid query (carries the position)
@@ -87,6 +88,10 @@ class RefresherError(FeedproxyError):
 
 class RefresherStopped(RefresherError):
     """The child was stopped by SIGINT or SIGTERM, as when the service stops: no failure of the upstream."""
+
+
+class RefresherCannotSave(RefresherError):
+    """The child cannot save to the data folder (the message says why), so the worker would never see its data."""
 
 
 class ConceptsUnavailable(FeedproxyError):

@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 
 from feedproxy.logs import configure_logging
-from feedproxy.store.child import STOPPED
+from feedproxy.store.child import CANNOT_SAVE, STOPPED
 from feedproxy.wiring import build_sources
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         registry = build_sources(config, only=args.source, load_saved=False)
         store = registry.get([args.source])[0].store
         ok = store.refresh_now(wait=args.wait)
+        if store.cannot_save:
+            print(store.storage_error, flush=True)  # the worker reads why, and fetches itself
+            return CANNOT_SAVE
     except Stopped as reason:
         log.info("refresh stopped source=%s by=%s: the service is stopping; nothing half-written is left",
                  args.source, reason)

@@ -115,6 +115,28 @@ def _feed_requests_counted(base: str) -> float:
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
+def test_a_data_folder_that_cannot_be_written_still_serves_feeds(upstream, tmp_path):
+    # (issue 17) Neither the snapshot nor the hub's database can be written (their paths are folders,
+    # which stops root too): the workers boot, serve what they fetch themselves, and say why.
+    (tmp_path / "hf-daily" / "snapshot.json.gz").mkdir(parents=True)
+    (tmp_path / "hub.sqlite3").mkdir()
+    # One worker: /healthz then reports on the worker that served the feed.
+    proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                 "FEEDPROXY_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"})
+    try:
+        parsed = feedparser.parse(wait_for_feed(base, proc, "/feed?limit=100").content)
+        assert not parsed.bozo and len(parsed.entries) == 40
+        assert "hub" not in {link.rel for link in parsed.feed.links}
+        health = httpx.get(base + "/healthz", timeout=5).json()
+        assert health["in_process_fallback"] is True and "cannot save" in health["storage_error"]
+        assert health["websub_hub"].startswith("unavailable: storage: cannot open the hub's database")
+        refused = httpx.post(base + "/websub", data={"hub.mode": "subscribe"}, timeout=5)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log
+
+
 def test_a_second_instance_on_the_same_data_folder_keeps_apart_and_says_so(upstream, tmp_path):
     """Two `make run` of one user share ~/.cache/feedproxy: the second must not wipe the first's metrics."""
     settings = {"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",

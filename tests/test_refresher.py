@@ -12,11 +12,11 @@ from feedproxy.errors import NoData
 from feedproxy.store.child import RefresherError, RefresherStopped, run_in_child
 from feedproxy.search.index import PaperIndex
 from feedproxy.store.snapshot import SnapshotStore, utcnow
-from feedproxy.store.files import SavedSnapshot, SnapshotFile
+from feedproxy.store.files import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile
 from feedproxy.upstream.papers import paper_from_item
 from feedproxy.upstream.daily_papers import HttpListing
 
-from .conftest import make_config
+from .conftest import FakeClock, make_config
 from .fakeupstream import Fault
 
 
@@ -157,3 +157,48 @@ def test_a_worker_never_builds_an_index_its_child_builds_it(upstream, tmp_path, 
     store = child_store(upstream, tmp_path)
     assert len(store.current().papers) == 40
     assert SnapshotFile(tmp_path / "hf-daily").has_current_index() and len(upstream.requests) == 0
+
+
+# --- a data folder that cannot be written (issue 17) ---------------------------------------
+
+def child_app(upstream, data_dir, clock=None):
+    """A worker as in service: it refreshes in a child process that saves to ``data_dir``."""
+    return create_app(make_config(upstream.url, data_dir=str(data_dir), refresh_in_subprocess=True), clock=clock)
+
+
+def entries(response) -> int:
+    assert response.status_code == 200, response.text
+    return response.data.count(b"<entry>")
+
+
+def test_a_folder_that_cannot_be_written_is_served_from_the_worker_until_a_save_succeeds(upstream, tmp_path, clock):
+    # The snapshot's path is a folder: no save can replace it (chmod would not stop root).
+    blocked = tmp_path / "hf-daily" / SNAPSHOT_NAME
+    blocked.mkdir(parents=True)
+    client = child_app(upstream, tmp_path, clock).test_client()
+    assert entries(client.get("/feed?limit=100")) == 40  # not 503 forever: the child's data never arrives
+    health = client.get("/healthz").get_json()
+    assert health["storage_error"].startswith(f"storage: cannot save {blocked}")
+    assert health["in_process_fallback"] is True
+    blocked.rmdir()  # the operator mends the folder: the next refresh saves
+    clock.advance(901)
+    client.get("/feed")
+    health = client.get("/healthz").get_json()
+    assert health["storage_error"] is None and health["in_process_fallback"] is False
+    assert len(SnapshotFile(tmp_path / "hf-daily").load().papers) == 40
+
+
+def test_a_folder_that_stops_taking_writes_does_not_leave_a_worker_stale(upstream, tmp_path, items):
+    upstream.items = items[10:]  # what a refresh an hour ago saved
+    create_app(make_config(upstream.url, data_dir=str(tmp_path)),
+               clock=FakeClock(utcnow() - timedelta(hours=1))).test_client().get("/feed")
+    upstream.items = items  # ten new papers since
+    client = child_app(upstream, tmp_path).test_client()  # a worker starting: it loads what was saved
+    assert client.get("/healthz").get_json()["papers"] == 30
+    saved = tmp_path / "hf-daily" / SNAPSHOT_NAME
+    saved.unlink()
+    saved.mkdir()  # from now on no save can replace it
+    assert entries(client.get("/feed?limit=100")) == 40
+    health = client.get("/healthz").get_json()
+    assert health["papers"] == 40 and health["in_process_fallback"] is True
+    assert health["storage_error"].startswith(f"storage: cannot save {saved}")

@@ -57,6 +57,32 @@ def test_without_a_hub_feeds_name_none(upstream, clock):
     assert "hubs" not in client.get("/feed?q=video&format=json").get_json()
 
 
+def test_a_hub_whose_database_cannot_be_opened_is_unavailable_and_feeds_are_served(upstream, clock, tmp_path):
+    # (issue 17) A data folder that cannot be written used to stop every worker booting.
+    blocker = tmp_path / "file"
+    blocker.write_text("the data folder's parent is a file: nothing can be created in it, as root too")
+    client = create_app(make_config(upstream.url, data_dir=str(blocker / "data")), clock=clock).test_client()
+    feed = client.get("/feed?q=video")
+    assert feed.status_code == 200 and b"<entry>" in feed.data
+    assert b'rel="hub"' not in feed.data  # no feed names a hub that refuses subscriptions
+    assert "hubs" not in client.get("/feed?q=video&format=json").get_json()
+    refused = post(client)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
+    assert refused.mimetype == "text/plain"
+    assert refused.text.startswith("the WebSub hub is unavailable: storage: cannot open the hub's database")
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.get_json()["websub_hub"].startswith("unavailable: storage: cannot open the hub's database")
+    assert client.get("/metrics").status_code == 200
+
+
+def test_healthz_says_whether_the_hub_runs(upstream, clock, tmp_path):
+    assert create_app(make_config(upstream.url), clock=clock).test_client().get("/healthz").get_json()[
+        "websub_hub"] == "ok"
+    off = create_app(make_config(upstream.url, websub_max_subscriptions=0), clock=clock).test_client()
+    assert off.get("/healthz").get_json()["websub_hub"] == "off"
+
+
 # --- the hub: subscription requests ------------------------------------------------------
 
 CALLBACK = "http://subscriber.example/cb?user=7"

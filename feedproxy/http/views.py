@@ -229,8 +229,10 @@ def why_matched(params: FeedRequest, snapshots: list[Snapshot], papers: list[Pap
 
 
 def hub_url(host_url: str | None = None) -> str | None:
-    """This server's WebSub hub (/websub) at the host asked (or ``host_url``); None when the operator turned it off."""
-    if not current_app.config["FEEDPROXY"].websub_max_subscriptions:
+    """This server's WebSub hub (/websub) at the host asked (or ``host_url``); None when the operator turned it off
+    or it is unavailable (a feed must not name a hub that refuses subscriptions)."""
+    hub = current_app.extensions.get("feedproxy.hub")  # the http.websub.Hub, a later module
+    if hub is None or not hub.advertised:
         return None
     return (host_url or request.host_url) + "websub"
 
@@ -304,6 +306,9 @@ def healthz() -> Response:
     """Report what is served and how fresh it is: 200 while serving, 503 while there is no data."""
     report = health_report(_store())
     report.update(metrics_health())  # of the worker answering
+    hub = current_app.extensions.get("feedproxy.hub")
+    if hub is not None:
+        report["websub_hub"] = hub.status()
     others = [source for source in _registry() if source is not _registry().default]
     if others:
         report["sources"] = {source.name: health_report(source.store) for source in others}
@@ -338,6 +343,8 @@ def health_report(store: SnapshotStore) -> dict:
         "next_refresh_in_seconds": store.seconds_until_refresh(),
         "source": store.source.description,
         "storage_error": store.storage_error,
+        # True while the data folder cannot be written: this worker serves what it fetched itself.
+        "in_process_fallback": store.cannot_save,
         "saved_snapshot_ignored": store.saved_snapshot_ignored,
         # "ok", or why concept queries (~word, match=, similar=) answer 503; null while there is no data.
         "concept_search": None if snapshot is None else (

@@ -171,11 +171,14 @@ class Hub:
     trying again, anything else (``delivered``, ``gone``...) ends the item.
     """
 
-    def __init__(self, app: Flask, db: HubDatabase, callbacks: CallbackClient, *, enabled: bool = True,
+    def __init__(self, app: Flask, db: HubDatabase | None, callbacks: CallbackClient, *, enabled: bool = True,
                  max_subscriptions: int = 1000, max_per_topic: int = 100, now: Callable[[], float] = time.time,
-                 backoff_seconds: float = BACKOFF_SECONDS):
+                 backoff_seconds: float = BACKOFF_SECONDS, unavailable: str | None = None):
         self.app = app
+        # None when the database could not be opened (``unavailable`` says why): then the hub refuses
+        # requests with 503, feeds name no hub, and nothing is watched or sent; feeds are served all the same.
         self.db = db
+        self.unavailable = unavailable if db is None else None
         self.callbacks = callbacks
         self.enabled = enabled
         self.max_subscriptions = max_subscriptions
@@ -189,8 +192,20 @@ class Hub:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedproxy-websub-verify")
 
+    @property
+    def advertised(self) -> bool:
+        """Whether feeds name this hub: only one that takes subscriptions."""
+        return self.enabled and self.db is not None
+
+    def status(self) -> str:
+        """For /healthz: ok, off (FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS=0), or unavailable and why."""
+        if self.db is None:
+            return (f"unavailable: {self.unavailable}; no subscriptions are taken and no deliveries or notifications "
+                    "are sent until a restart finds the data folder writable")
+        return "ok" if self.enabled else "off"
+
     def active_subscriptions(self) -> int:
-        return self.db.count(self.now())
+        return self.db.count(self.now()) if self.db is not None else 0
 
     # -- subscription requests ---------------------------------------------------------
 
@@ -300,6 +315,8 @@ class Hub:
 
     def tick(self) -> None:
         """Prune expired subscriptions, queue the feeds that gained entries, let the watchers look."""
+        if self.db is None:
+            return
         expired = self.db.prune(self.now())
         if expired:
             count(WEBSUB_SUBSCRIPTIONS, "expired", amount=expired)
@@ -373,6 +390,8 @@ class Hub:
     def deliver_due(self, most: int = 100) -> int:
         """Send up to ``most`` due outbox items, one at a time; return how many were tried."""
         tried = 0
+        if self.db is None:
+            return tried
         while tried < most:
             item = self.db.claim(self.now(), CLAIM_SECONDS)
             if item is None:
@@ -417,6 +436,8 @@ def websub() -> Response:
         if not hub.enabled:
             raise SubscriptionRefused("this server runs no WebSub hub (FEEDPROXY_WEBSUB_MAX_SUBSCRIPTIONS=0)",
                                       "hub.mode", 404)
+        if hub.db is None:
+            raise SubscriptionRefused(f"the WebSub hub is unavailable: {hub.unavailable}", "hub.mode", 503)
         req = parse_hub_request(request, hub.callbacks)
         hub.accept(req)
     except BadParameter as exc:

@@ -12,7 +12,9 @@ refresh lock, fetch, merge, index, save the snapshot and its index), then exit; 
 worker then loads the saved index. Exit status 0: refreshed or nothing due;
 1: the upstream failed (recorded in failure.json for every worker to see);
 3: stopped by SIGINT or SIGTERM before it finished (nothing half-written: each
-file is replaced whole or not at all), which is no failure of the upstream.
+file is replaced whole or not at all), which is no failure of the upstream;
+4: the data folder cannot be written (the reason on its stdout), so the worker
+would never see the result: the worker then refreshes in its own process.
 
 The child stops with its worker: Ctrl-C reaches it with the rest of the process
 group, and a worker that exits for any reason takes it along (the kernel sends
@@ -27,10 +29,11 @@ import signal
 import subprocess
 import sys
 
-from feedproxy.errors import RefresherError, RefresherStopped
+from feedproxy.errors import RefresherCannotSave, RefresherError, RefresherStopped
 
 REFRESH_TIMEOUT_SECONDS = 900
 STOPPED = 3  # the child's exit status when a signal stopped it
+CANNOT_SAVE = 4  # the child's exit status when the data folder cannot be written; the reason is on its stdout
 
 # The child's first lines, run before any slow import: from its first moment, SIGINT (Ctrl-C reaches the
 # whole process group) and SIGTERM end it quietly with STOPPED; main() then installs handlers that also
@@ -46,16 +49,22 @@ sys.exit(main(sys.argv[1:]))
 
 
 def run_in_child(config, source_name: str, wait: float) -> None:
-    """Refresh ``source_name`` in a child process; raise RefresherError unless it exits 0 or 1."""
+    """Refresh ``source_name`` in a child process; raise RefresherError unless it exits 0 or 1.
+
+    RefresherCannotSave (with the child's reason) when it could not save to the data folder.
+    """
     command = [sys.executable, "-c", _CHILD_START, source_name, "--wait", f"{wait:g}", "--parent", str(os.getpid())]
     try:
         done = subprocess.run(command, input=pickle.dumps(config), timeout=REFRESH_TIMEOUT_SECONDS,
-                              stdout=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE)
     except subprocess.TimeoutExpired:
         raise RefresherError(f"refresher: {source_name} took longer than {REFRESH_TIMEOUT_SECONDS} s; killed") from None
     except OSError as exc:
         raise RefresherError(f"refresher: cannot start {sys.executable}: {exc.strerror}") from None
     if done.returncode in (STOPPED, -signal.SIGINT, -signal.SIGTERM):
         raise RefresherStopped(f"refresher: {source_name} was stopped before it finished (the service is stopping?)")
+    if done.returncode == CANNOT_SAVE:
+        reason = done.stdout.decode("utf-8", "replace").strip()[:500] or "no reason given"
+        raise RefresherCannotSave(reason)
     if done.returncode not in (0, 1):
         raise RefresherError(f"refresher: {source_name} exited with status {done.returncode} (see the log above)")

@@ -16,6 +16,11 @@ A store refreshes in one of three ways, chosen by what it is given:
 - a data folder and a ``refresher``: a child process does the folder's refresh
   (store.child) and this process loads its result.
 
+A folder that cannot be written shares nothing: then the store fetches in this
+process (not in a child, whose result would never arrive), serves what it
+fetched and tries to save again on every refresh; ``cannot_save`` says so until
+a save succeeds.
+
 The search index is built by the ``build_index`` function the store is given
 (search.index.PaperIndex in the service): the store keeps it, saves it and
 loads it, without knowing what it is.
@@ -32,7 +37,8 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
-from feedproxy.errors import NoData, RefresherError, RefresherStopped, StorageError, UpstreamBadData, UpstreamError
+from feedproxy.errors import (NoData, RefresherCannotSave, RefresherError, RefresherStopped, StorageError,
+                              UpstreamBadData, UpstreamError)
 from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
 from feedproxy.store.policy import RefreshState
 from feedproxy.store.window import content_version, dated_in_future, merge_window, window_start
@@ -132,6 +138,9 @@ class SnapshotStore:
         self.refresher = refresher if storage is not None else None
         self.state = RefreshState(refresh_seconds)
         self.storage_error: str | None = None
+        # True while the data folder cannot be written: this process then fetches and serves its own data
+        # (storage_error says why), and saves again on every refresh until a save succeeds.
+        self.cannot_save = False
         # Why the saved snapshot in the folder was not used (it is from another upstream), until a save
         # replaces it: /healthz shows it, and so does the 503 answered while no papers are held.
         self.saved_snapshot_ignored: str | None = None
@@ -246,20 +255,21 @@ class SnapshotStore:
         with self._refresh_lock:
             if self.storage is None:
                 return self._fetch()
-            return self._refresh_in_folder(wait, load_lazily=True)
+            return self._refresh_in_folder(wait, load_lazily=True, fetch_unsaved=False)
 
     def _refresh(self, wait: float = 0) -> None:
         if self.storage is None:
             self._fetch()
-        elif self.refresher is not None:
+        elif self.refresher is not None and not self.cannot_save:
             self._refresh_in_child(wait)
         else:
             self._refresh_in_folder(wait)
 
-    def _refresh_in_folder(self, wait: float, load_lazily: bool = False) -> bool:
+    def _refresh_in_folder(self, wait: float, load_lazily: bool = False, fetch_unsaved: bool = True) -> bool:
         """Refresh through the data folder: under its lock, take up what others saved, fetch if still due.
 
-        Returns False when a fetch failed.
+        When the folder cannot be written, fetch all the same (unless not ``fetch_unsaved``: the refresher
+        child, whose worker then fetches itself). Returns False when a fetch failed.
         """
         try:
             with self.storage.refresh_lock(wait=wait) as holding:
@@ -280,8 +290,9 @@ class SnapshotStore:
                     return self._fetch()
                 return True
         except StorageError as exc:
-            self._storage_failed(exc)
-            return self._fetch()  # serving fresh papers matters more than sharing them
+            self._cannot_save(exc)
+            # Serving fresh papers matters more than sharing them.
+            return self._fetch() if fetch_unsaved else True
 
     def _refresh_in_child(self, wait: float) -> None:
         """Let a child process refresh, then take up what it saved (or the failure it recorded)."""
@@ -292,6 +303,12 @@ class SnapshotStore:
             return
         try:
             self.refresher(wait)
+        except RefresherCannotSave as exc:
+            # Whatever the child fetches never reaches this worker: fetch here, and save from here
+            # on every refresh until a save succeeds (then the children take over again).
+            self._cannot_save(StorageError(str(exc)))
+            self._refresh_in_folder(wait)
+            return
         except RefresherStopped as exc:
             # Pause without counting a failure: a stopping worker must not start child after child
             # while its request threads finish (each would run a whole refresh before the worker exits).
@@ -367,9 +384,10 @@ class SnapshotStore:
                 release_memory()
             else:
                 self._snapshot = held.checked_again(now, validators)
-            self._save()
+        # What a folder that could not be written lacks is saved again, even when nothing changed.
+        saved = self._save() if fetched or self.cannot_save else True
         if error is None:
-            self._record_success(now, pages, len(fetched), skipped)
+            self._record_success(now, pages, len(fetched), skipped, shared=saved)
         else:
             self._record_failure(now, error, pages)
         return error is None
@@ -384,9 +402,10 @@ class SnapshotStore:
 
     # -- the saved file --------------------------------------------------------------
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
+        """Save the snapshot and its index for the other workers; return whether they are saved (or nothing to)."""
         if self.storage is None or self._snapshot is None:
-            return
+            return True
         try:
             snapshot = self._snapshot
             self.storage.save(SavedSnapshot(self.source.description, snapshot.fetched_at, snapshot.papers,
@@ -395,8 +414,11 @@ class SnapshotStore:
             self.saved_snapshot_ignored = None  # the file is ours now
             self.storage.save_index(self._saved_index())
             self.storage_error = None
+            self.cannot_save = False
+            return True
         except StorageError as exc:
-            self._storage_failed(exc)
+            self._cannot_save(exc)
+            return False
 
     def _load_saved(self) -> None:
         """Adopt the saved snapshot if it is from our source; it is fresh until its refresh is due.
@@ -472,16 +494,25 @@ class SnapshotStore:
         self.storage_error = str(exc)
         log.warning("%s", exc)
 
+    def _cannot_save(self, exc: StorageError) -> None:
+        """The folder cannot be written: from now on serve what this process fetches, until a save succeeds."""
+        if not self.cannot_save:
+            log.warning("%s: serving the data this process fetches until a save succeeds", exc)
+        self.cannot_save = True
+        self.storage_error = str(exc)
+
     # -- outcomes --------------------------------------------------------------------
 
-    def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int) -> None:
+    def _record_success(self, now: datetime, pages: int, fetched: int, skipped: int, shared: bool = True) -> None:
         had_failures = self.state.failures
         self.state = self.state.succeeded(now)
         if self.storage is not None:
             try:
                 if had_failures:
                     self.storage.save_failure(None)
-                self.storage.save_checked(now, self.source.description)
+                if shared:
+                    # Only beside a saved snapshot: "fresh" with no saved data would stop the others fetching.
+                    self.storage.save_checked(now, self.source.description)
             except StorageError as exc:
                 self._storage_failed(exc)
         held = len(self._snapshot.papers) if self._snapshot else 0
