@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import time
+from datetime import datetime
 
 import feedparser
 import pytest
@@ -253,9 +254,11 @@ def test_subscriptions_outlive_a_restart(upstream, clock, subscriber, tmp_path):
 
 def gain_paper(upstream, clock, items, paper_id="2608.99001", title="Zeitgeist: pretraining on the spirit of the age",
                published="2026-08-21T15:00:00.000Z"):
-    """The upstream lists one more paper, and the next refresh is due."""
+    """The upstream lists one more paper, and the next refresh is due (by the paper's time at the latest)."""
     upstream.items.insert(0, new_item(items, paper_id, title, published))
     clock.advance(901)
+    listed = datetime.fromisoformat(published.replace("Z", "+00:00"))
+    clock.now = max(clock.now, listed)  # papers dated ahead of the clock are refused
 
 
 def run_hub(client) -> None:
