@@ -49,6 +49,22 @@ def start_gunicorn(env_overrides: dict, output: IO | int = subprocess.PIPE,
     return proc, f"http://127.0.0.1:{port}"
 
 
+def with_saved_data(settings: dict) -> dict:
+    """``settings`` with a data folder a one-worker instance has fetched into (then stopped).
+
+    Each worker of an instance started on it loads the saved data as it boots, before it takes a
+    connection, so whichever worker answers has data. Started cold, a worker answers 503 until its
+    refresh child has looked at the folder, seconds later on a loaded machine.
+    """
+    settings = {"FEEDPROXY_DATA_DIR": tempfile.mkdtemp(prefix="feedproxy-e2e-"), **settings}
+    proc, base = start_gunicorn({**settings, "WEB_CONCURRENCY": "1"})
+    try:
+        wait_for_feed(base, proc)
+    finally:
+        stop(proc)
+    return settings
+
+
 def _output(proc: subprocess.Popen) -> str:
     return proc.stdout.read().decode() if proc.stdout else f"(exit status {proc.returncode}; output in its file)"
 
