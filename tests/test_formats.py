@@ -301,6 +301,10 @@ def _papers_of_every_shape():
         replace(odd, abstract="", authors=(), ai_keywords=()),
         replace(odd, abstract="a <swi> & \"b\" ]]> \x85 \u2028 \U0001f600", authors=("", "A & B <c>")),
         replace(odd, title="x\x00y\ud800z", ai_keywords=("k<1>", "")),
+        # What XML escapes differently in text and in attributes (the category's term is one).
+        replace(odd, title='a\rb\tc\n"q" \'x\' <>&', abstract='l1\r\nl2\t"', authors=('a\r"b', "c\td"),
+                ai_keywords=('k"1\n\t\r<&>',)),
+        replace(odd, authors=("",), abstract=""),
     ]
 
 
