@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # bench/run.py (the targets of issue 7, which also runs bench/bench_query.py), then bench/load.py
 # (a realistic traffic mix), then bench/stall.py (readers during a hung refresh); all update README's
-# Benchmarks section. About 9 minutes.
+# Benchmarks section. About 16 minutes on a shared 2-core host.
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/py-spy --version >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet py-spy || echo "bench: no py-spy, no profile"
