@@ -25,7 +25,8 @@ from .fakeupstream import Fault
 
 def store_for(upstream, clock, data_dir, **kw):
     source = HttpListing(upstream.url, connect_timeout=1, read_timeout=2)
-    return SnapshotStore(source, build_index=PaperIndex, clock=clock, window_days=1000, background=False,
+    kw.setdefault("background", False)
+    return SnapshotStore(source, build_index=PaperIndex, clock=clock, window_days=1000,
                          storage=SnapshotFile(data_dir), **kw)
 
 
@@ -292,3 +293,51 @@ def test_an_index_cache_holds_nothing_the_restricted_unpickler_refuses(tmp_path,
     with SnapshotFile(tmp_path).index_path.open("rb") as handle:
         Spy(handle).load()
     assert seen and seen <= storage.INDEX_GLOBALS
+
+
+def test_a_cold_worker_serves_what_another_workers_child_saved_without_a_503(tmp_path, upstream, clock):
+    """In service: a worker that booted before anything was saved, whose own refresher child is still
+    waiting on the folder's lock, takes up the index cache another worker's child saved at once."""
+    child_started, child_may_end = threading.Event(), threading.Event()
+
+    def slow_child(wait):  # stands for a child waiting on the lock another child holds
+        child_started.set()
+        child_may_end.wait(10)
+
+    cold = store_for(upstream, clock, tmp_path, background=True, refresher=slow_child)
+    with pytest.raises(NoData):
+        cold.current()  # nothing saved yet: 503 at once, and its child starts
+    assert child_started.wait(5)
+    saved = store_for(upstream, clock, tmp_path).current()  # the other worker's child fetches and saves
+    try:
+        assert cold.current().version == saved.version  # this request, not a later one
+    finally:
+        child_may_end.set()
+    assert len(upstream.requests) == 1
+
+
+def test_a_cold_worker_reads_an_index_cache_it_cannot_use_once_not_at_every_request(tmp_path, upstream, clock,
+                                                                                     monkeypatch):
+    store_for(upstream, clock, tmp_path).current()  # saved for a 1000-day window
+    child_started, child_may_end = threading.Event(), threading.Event()
+
+    def child(wait):
+        child_started.set()
+        child_may_end.wait(10)
+
+    cold = SnapshotStore(HttpListing(upstream.url, connect_timeout=1, read_timeout=2), build_index=PaperIndex,
+                         clock=clock, window_days=30, storage=SnapshotFile(tmp_path), background=True,
+                         refresher=child, load_saved=False)
+    reads = []
+    real_load_index = SnapshotFile.load_index
+    monkeypatch.setattr(SnapshotFile, "load_index", lambda self: reads.append(1) or real_load_index(self))
+    try:
+        with pytest.raises(NoData):
+            cold.current()  # a 30-day window cannot use a 1000-day index: 503, and its child starts
+        assert child_started.wait(5)  # after its thread looked at the folder (one more read)
+        for _ in range(5):
+            with pytest.raises(NoData):
+                cold.current()
+    finally:
+        child_may_end.set()
+    assert len(reads) == 2  # the first request and the child's thread; not once per request

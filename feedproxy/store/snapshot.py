@@ -146,6 +146,10 @@ class SnapshotStore:
         self.saved_snapshot_ignored: str | None = None
         self._snapshot: Snapshot | None = None
         self._refresh_lock = threading.Lock()  # one refresh at a time in this process
+        # One thread at a time takes up an index cache another process saved (re-entrant: the refresh
+        # path holds it while it calls _load_saved_index).
+        self._take_up_lock = threading.RLock()
+        self._looked_at_mtime: float | None = None  # the saved file a cold request last tried to take up
         self._loaded_mtime: float | None = None  # the saved file we last read or wrote
         if storage is not None and load_saved:
             self._load_saved()
@@ -188,6 +192,11 @@ class SnapshotStore:
 
     def _wait_for_first(self) -> Snapshot:
         if self.background:
+            # Another worker's refresh child may have saved data since this worker booted: take it up
+            # now, rather than answer 503 until this worker's own child has looked at the folder.
+            taken_up = self._take_up_saved_index()
+            if taken_up is not None:
+                return taken_up
             # In service: never hold a request thread while nothing is held. The first fetch runs in
             # one background thread; every request meanwhile gets NoData (503, Retry-After) at once.
             if not self.state.backing_off(self.clock()) and not self._refresh_lock.locked():
@@ -206,6 +215,27 @@ class SnapshotStore:
         if self._snapshot is not None:
             return self._snapshot
         raise self._no_data()
+
+    def _take_up_saved_index(self) -> Snapshot | None:
+        """In a worker holding nothing, the index cache saved since it last looked, if any (a fraction of a second).
+
+        Only a worker with refresher children (whose indexes are built by them) and only when the
+        folder's snapshot changed; a thread already taking it up makes this one answer 503 at once.
+        """
+        if self.refresher is None:
+            return None
+        mtime = self.storage.mtime()
+        if mtime in (None, self._loaded_mtime, self._looked_at_mtime):
+            return None  # nothing new: unpickling an index cache again for every request would cost seconds
+        if not self._take_up_lock.acquire(blocking=False):
+            return None
+        try:
+            self._looked_at_mtime = mtime
+            if self._snapshot is None:
+                self._load_saved_index()
+        finally:
+            self._take_up_lock.release()
+        return self._snapshot
 
     def _no_data(self) -> NoData:
         reason = self.state.last_error or "the first fetch from the upstream is still running"
@@ -468,6 +498,10 @@ class SnapshotStore:
         This is what makes a restart serve within a second: unpickling the index
         takes a fraction of the time that parsing the JSON and rebuilding takes.
         """
+        with self._take_up_lock:
+            return self._load_saved_index_unlocked()
+
+    def _load_saved_index_unlocked(self) -> bool:
         mtime = self.storage.mtime()
         cached = self.storage.load_index()
         if (cached is None or cached.source != self.source.description or cached.window_days != self.window.days
