@@ -20,7 +20,6 @@ URLs: those may hold passwords and stay in the environment.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 from types import ModuleType
 from urllib.parse import parse_qsl
@@ -36,8 +35,10 @@ from feedproxy.upstream.papers import Paper
 
 
 def _apprise() -> ModuleType:
-    """apprise, imported when a notification is configured: it adds about 18 MB to every worker that imports it."""
-    return importlib.import_module("apprise")
+    """apprise, imported when a notification is configured: it adds about 4 MB to every worker that imports it."""
+    import apprise  # here, not at the top: most services configure no notification
+
+    return apprise
 
 
 # What selects papers; the others (format, sort, limit, digest) shape a feed, and url= feeds are not watched.
