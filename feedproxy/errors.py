@@ -47,18 +47,25 @@ class UpstreamError(FeedproxyError):
     """A fetch from the upstream listing failed."""
 
     retry_after: float | None = None
+    outcome = "error"  # how feedproxy_upstream_requests_total labels it (see upstream_outcome)
 
 
 class UpstreamUnreachable(UpstreamError):
     """The upstream could not be reached at all."""
 
+    outcome = "unreachable"
+
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer completely within the timeouts."""
 
+    outcome = "timeout"
+
 
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered with an HTTP status other than 200."""
+
+    outcome = "http_error"
 
     def __init__(self, message: str, status: int, retry_after: float | None = None):
         super().__init__(message)
@@ -68,6 +75,8 @@ class UpstreamHTTPError(UpstreamError):
 
 class UpstreamBadData(UpstreamError):
     """The upstream answered 200 with something that is not a usable listing."""
+
+    outcome = "bad_data"
 
 
 class InvalidItem(FeedproxyError):
@@ -170,3 +179,11 @@ class NoData(FeedproxyError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+def upstream_outcome(error: UpstreamError | None) -> str:
+    """The outcome of one upstream request, as metrics label it: ok, or the kind of failure.
+
+    A plain word, so a refresher child can tell its worker on a pipe (store.child).
+    """
+    return "ok" if error is None else error.outcome

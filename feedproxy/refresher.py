@@ -3,7 +3,8 @@
 Started by store.child.run_in_child (see there for why and for its exit
 statuses). It builds the one source it is named with wiring.build_sources and
 imports neither Flask nor the metrics, so it starts fast and leaves no files
-behind; it loads the saved snapshot only once it knows it will fetch.
+behind (it tells its worker the outcome of each upstream request on stdout, for
+the worker to count); it loads the saved snapshot only once it knows it will fetch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from dataclasses import replace
 
 from feedproxy.logs import configure_logging
-from feedproxy.store.child import CANNOT_SAVE, STOPPED
+from feedproxy.store.child import CANNOT_SAVE, CANNOT_SAVE_REASON, STOPPED, UPSTREAM, child_line
 from feedproxy.wiring import build_sources
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ def _stop_with_parent(parent: int | None) -> None:
         raise Stopped("its worker exited")
 
 
+def _tell_upstream_request(outcome: str) -> None:
+    """Tell the worker, which counts it in its metrics (this process imports none)."""
+    print(child_line(UPSTREAM, outcome), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m feedproxy.refresher")
     parser.add_argument("source", help="the source's name, e.g. hf-daily")
@@ -57,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         config = pickle.load(sys.stdin.buffer)
         # The child refreshes in its own process: it must not start children or threads itself.
         config = replace(config, refresh_in_subprocess=False, background_refresh=False)
-        registry = build_sources(config, only=args.source, load_saved=False)
+        registry = build_sources(config, only=args.source, load_saved=False, on_upstream_request=_tell_upstream_request)
         store = registry.get([args.source])[0].store
         ok = store.refresh_now(wait=args.wait)
         if store.cannot_save:
-            print(store.storage_error, flush=True)  # the worker reads why, and fetches itself
+            print(child_line(CANNOT_SAVE_REASON, store.storage_error or ""), flush=True)  # the worker fetches itself
             return CANNOT_SAVE
     except Stopped as reason:
         log.info("refresh stopped source=%s by=%s: the service is stopping; nothing half-written is left",

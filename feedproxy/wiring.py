@@ -2,7 +2,8 @@
 
 Used by the app (app.py) and by the refresher child (refresher.py), so it
 imports neither Flask nor the metrics: whoever wants upstream requests counted
-passes ``on_upstream_request``.
+passes ``on_upstream_request``, told the outcome of each (errors.upstream_outcome),
+those a refresher child makes included.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 from typing import Callable
 
 from feedproxy.config import DEFAULT_SOURCE, Config
-from feedproxy.errors import UpstreamError
 from feedproxy.search.index import PaperIndex
 from feedproxy.store.child import run_in_child
 from feedproxy.store.files import SnapshotFile
@@ -34,7 +34,7 @@ def build_sources(
     clock: Clock | None = None,
     only: str | None = None,
     *,
-    on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
+    on_upstream_request: Callable[[str], None] | None = None,
     load_saved: bool = True,
     url_fetcher: Callable[[], HttpFetcher] | None = None,
 ) -> SourceRegistry:
@@ -51,7 +51,7 @@ def build_sources(
         folder = os.path.join(config.data_dir, name) if config.data_dir and name else None
         refresher = None
         if folder and config.refresh_in_subprocess:
-            refresher = functools.partial(run_in_child, config, name)
+            refresher = functools.partial(run_in_child, config, name, on_upstream_request=on_upstream_request)
         return SnapshotStore(
             listing,
             build_index=PaperIndex,

@@ -5,8 +5,7 @@ import logging
 from prometheus_client.parser import text_string_to_metric_families
 
 from feedproxy.app import create_app
-from feedproxy.errors import UpstreamBadData, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-from feedproxy.http.metrics import upstream_outcome
+from feedproxy.errors import UpstreamBadData, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable, upstream_outcome
 
 from .conftest import make_config
 from .fakeupstream import Fault
@@ -177,3 +176,21 @@ def test_a_failing_metric_write_never_stops_serving_and_is_logged_once(upstream,
     warnings = [r.getMessage() for r in caplog.records if r.name == "feedproxy.http.metrics"]
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
     assert client.get("/healthz").get_json()["metrics_error"] == "a write failed: [Errno 28] No space left on device"
+
+
+def test_the_upstream_requests_of_refresher_children_are_counted(upstream, tmp_path):
+    """In service refresher children make the upstream requests; the worker that started one counts them."""
+    def worker(folder):
+        config = make_config(upstream.url, data_dir=str(tmp_path / folder), refresh_in_subprocess=True)
+        return create_app(config).test_client()
+
+    failing, serving = worker("a"), worker("b")
+    before = samples(serving)
+    upstream.faults = [Fault(status=500)]
+    assert failing.get("/feed").status_code == 503  # cold: its child got the 500
+    assert serving.get("/feed").status_code == 200  # cold: its child fetched one page
+    after = samples(serving)
+    assert len(upstream.requests) == 2
+    delta = lambda outcome: value(after, "feedproxy_upstream_requests_total", outcome=outcome) - \
+        value(before, "feedproxy_upstream_requests_total", outcome=outcome)  # noqa: E731
+    assert (delta("ok"), delta("http_error")) == (1, 1)

@@ -124,14 +124,16 @@ def test_a_stopped_child_pauses_refreshing_without_counting_a_failure(upstream, 
 
 def test_a_child_reads_the_folders_state_before_loading_the_saved_index(upstream, tmp_path, capfd):
     """A child that finds the saved data fresh exits without loading it; one that will fetch loads it first."""
-    config = make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True, refresh_seconds=3)
+    config = make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True, refresh_seconds=600)
     run_in_child(config, "hf-daily", 0)  # nothing saved yet: it fetches and saves
     first = capfd.readouterr().err
     assert "refresh ok" in first and "loaded saved" not in first and len(upstream.requests) == 1
     run_in_child(config, "hf-daily", 0)  # another worker's child, started just after: nothing to do
     assert "loaded saved" not in capfd.readouterr().err and len(upstream.requests) == 1
-    time.sleep(3.1)  # the refresh interval passes
-    run_in_child(config, "hf-daily", 0)
+    # A child with a 1-second interval, a second later: the saved data is due (the child reads the
+    # interval from the config it is given, so no test has to wait out a whole interval).
+    time.sleep(1.1)
+    run_in_child(dataclasses.replace(config, refresh_seconds=1), "hf-daily", 0)
     err = capfd.readouterr().err
     assert "loaded saved index cache" in err and "refresh ok" in err and len(upstream.requests) == 2
 

@@ -30,9 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY
 
-from feedproxy.errors import (
-    MetricsUnreadable, UpstreamBadData, UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable,
-)
+from feedproxy.errors import MetricsUnreadable
 from feedproxy.http.accesslog import log_request
 from feedproxy.http.metricsfolder import FOLDER_SETTING, boot_problem
 
@@ -64,24 +62,9 @@ NOTIFICATIONS = Counter(
     "feedproxy_notifications", "FEEDPROXY_NOTIFY notifications, by outcome (sent, retry, failed, dropped).",
     ["outcome"])
 
-# Outcome label for each failure, most specific first.
-_OUTCOMES = (
-    (UpstreamTimeout, "timeout"),
-    (UpstreamHTTPError, "http_error"),
-    (UpstreamBadData, "bad_data"),
-    (UpstreamUnreachable, "unreachable"),
-)
-
-
-def upstream_outcome(error: UpstreamError | None) -> str:
-    """The outcome label of one upstream request: ok, or the kind of failure."""
-    if error is None:
-        return "ok"
-    return next((label for cls, label in _OUTCOMES if isinstance(error, cls)), "error")
-
-
-def record_upstream(error: UpstreamError | None) -> None:
-    count(UPSTREAM, upstream_outcome(error))
+def record_upstream(outcome: str) -> None:
+    """Count one upstream request by its outcome (errors.upstream_outcome), made here or in a refresher child."""
+    count(UPSTREAM, outcome)
 
 
 def count(counter: Counter, *labels: str, amount: float = 1) -> None:

@@ -38,7 +38,7 @@ from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
 from feedproxy.errors import (NoData, RefresherCannotSave, RefresherError, RefresherStopped, StorageError,
-                              UpstreamBadData, UpstreamError)
+                              UpstreamBadData, UpstreamError, upstream_outcome)
 from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
 from feedproxy.store.policy import RefreshState
 from feedproxy.store.window import content_version, dated_in_future, merge_window, window_start
@@ -119,7 +119,7 @@ class SnapshotStore:
         clock: Clock = utcnow,
         background: bool = True,
         storage: SnapshotFile | None = None,
-        on_upstream_request: Callable[[UpstreamError | None], None] | None = None,
+        on_upstream_request: Callable[[str], None] | None = None,
         refresher: Callable[[float], None] | None = None,
         load_saved: bool = True,
     ):
@@ -131,8 +131,8 @@ class SnapshotStore:
         self.clock = clock
         self.background = background
         self.storage = storage
-        # Told of every upstream page request: None for success, else the error (metrics).
-        self.on_upstream_request = on_upstream_request or (lambda error: None)
+        # Told of every upstream page request, by its outcome (errors.upstream_outcome: ok, timeout, ...).
+        self.on_upstream_request = on_upstream_request or (lambda outcome: None)
         # With a data folder: runs a refresh in another process (store.child), which leaves its result
         # in the folder; this store then loads it.
         self.refresher = refresher if storage is not None else None
@@ -377,7 +377,7 @@ class SnapshotStore:
                 if pages == 0:
                     validators = page.validators
                 pages += 1
-                self.on_upstream_request(None)
+                self.on_upstream_request(upstream_outcome(None))
                 if not page.papers:
                     skipped += page.skipped
                     break
@@ -395,14 +395,14 @@ class SnapshotStore:
                     break  # this page reaches past the window: everything older is outside it
         except UpstreamError as exc:
             error = exc
-            self.on_upstream_request(exc)
+            self.on_upstream_request(upstream_outcome(exc))
             # A fetch cut short must not be answered 304 next time: the pages after the first may differ.
             validators = NO_VALIDATORS
         except Exception as exc:  # noqa: BLE001 - any other failure is recorded and backed off like one
             log.exception("refresh of %s failed unexpectedly", self.source.description)
             error = UpstreamBadData(f"{self.source.description}: the refresh failed: {type(exc).__name__}: "
                                     f"{str(exc)[:200]}")
-            self.on_upstream_request(error)
+            self.on_upstream_request(upstream_outcome(error))
             validators = NO_VALIDATORS
 
         if fetched:
