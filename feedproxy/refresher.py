@@ -18,8 +18,15 @@ import signal
 import sys
 from dataclasses import replace
 
+from feedproxy.errors import UnknownSource
 from feedproxy.logs import configure_logging
-from feedproxy.store.child import CANNOT_SAVE, CANNOT_SAVE_REASON, STOPPED, UPSTREAM, child_line
+from feedproxy.store.child import (
+    CANNOT_SAVE,
+    CANNOT_SAVE_REASON,
+    STOPPED,
+    UPSTREAM,
+    child_line,
+)
 from feedproxy.wiring import build_sources
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         config = pickle.load(sys.stdin.buffer)
         # The child refreshes in its own process: it must not start children or threads itself.
         config = replace(config, refresh_in_subprocess=False, background_refresh=False)
-        registry = build_sources(config, only=args.source, load_saved=False, on_upstream_request=_tell_upstream_request)
+        try:
+            registry = build_sources(config, only=args.source, load_saved=False,
+                                     on_upstream_request=_tell_upstream_request)
+        except UnknownSource as exc:
+            parser.error(str(exc))  # exit status 2, the message and no traceback
         store = registry.get([args.source])[0].store
         ok = store.refresh_now(wait=args.wait)
         if store.cannot_save:

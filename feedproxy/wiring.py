@@ -13,6 +13,7 @@ import os
 from typing import Callable
 
 from feedproxy.config import DEFAULT_SOURCE, Config
+from feedproxy.errors import UnknownSource
 from feedproxy.search.index import PaperIndex
 from feedproxy.store.child import run_in_child
 from feedproxy.store.files import SnapshotFile
@@ -41,7 +42,7 @@ def build_sources(
     """Build the source registry: Daily Papers first, then FEEDPROXY_FEEDS, then ad-hoc URLs if allowed.
 
     ``only`` builds just that source, and ``load_saved=False`` leaves its saved snapshot unread until a
-    refresh needs it: what the refresher child wants. ``url_fetcher`` makes the fetcher of each url=
+    refresh needs it: what the refresher child wants (UnknownSource when there is no such source). ``url_fetcher`` makes the fetcher of each url=
     source (a SafeFetcher for the allowed hosts unless given; tests give one on a loopback network).
     """
     clock = clock or utcnow
@@ -85,5 +86,6 @@ def build_sources(
         sources.append(Source(DEFAULT_SOURCE, config.upstream_url, "Daily Papers", store_for(listing, DEFAULT_SOURCE)))
     sources += [feed_source(name, url) for name, url in config.feeds if only in (None, name)]
     if not sources:
-        raise ValueError(f"no source named {only!r}")
+        known = ", ".join([DEFAULT_SOURCE, *(name for name, _ in config.feeds)])
+        raise UnknownSource(f"unknown source {only!r}; known sources: {known}")
     return SourceRegistry(sources, url_source if config.allow_url_hosts else None)

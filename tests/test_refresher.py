@@ -204,3 +204,13 @@ def test_a_folder_that_stops_taking_writes_does_not_leave_a_worker_stale(upstrea
     health = client.get("/healthz").get_json()
     assert health["papers"] == 40 and health["in_process_fallback"] is True
     assert health["storage_error"].startswith(f"storage: cannot save {saved}")
+
+
+def test_a_child_named_an_unknown_source_says_so_without_a_traceback(upstream, tmp_path, capfd):
+    """Not an upstream failure (exit status 1) but a refusal of its argument: exit status 2 and one message."""
+    config = make_config(upstream.url, data_dir=str(tmp_path), refresh_in_subprocess=True)
+    with pytest.raises(RefresherError, match="exited with status 2"):
+        run_in_child(config, "nope", 0)
+    err = capfd.readouterr().err
+    assert "unknown source 'nope'; known sources: hf-daily" in err and "Traceback" not in err
+    assert upstream.requests == []
