@@ -6,6 +6,7 @@ the listing source and the clock so they need neither the network nor sleeping.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from typing import Callable
@@ -90,6 +91,9 @@ def create_app(config: Config | None = None, *, source: ListingSource | None = N
         # The hub's loop looks at subscribed feeds at least twice per refresh interval.
         threading.Thread(target=hub.run_forever, args=(min(TICK_SECONDS, config.refresh_seconds / 2),),
                          name="feedproxy-hub", daemon=True).start()
+        # A worker that stops (a restart) finishes and records the send in progress first, so no
+        # subscriber or notification gets it twice. atexit runs while daemon threads still run.
+        atexit.register(hub.stop)
     configure_logging()
     configure_access_log()
     return app

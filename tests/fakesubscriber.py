@@ -2,7 +2,7 @@
 
 It answers intent verifications (GET) by echoing hub.challenge, or as told, and
 records every verification and every content delivery (POST) with its headers
-and body. ``callback_client`` makes the hub's CallbackClient whose world is
+and body (answering a delivery only when told to, with ``hold_pushes``). ``callback_client`` makes the hub's CallbackClient whose world is
 subscriber.example at a public address routed to this server (the production
 address checks run unchanged), as tests/test_safefetch.py does for url= feeds.
 """
@@ -46,6 +46,7 @@ class FakeSubscriber:
         self.pushes: list[dict] = []  # {"path", "headers", "body"}
         self.verify_with: str = "echo"  # echo, wrong (another challenge), 404
         self.push_statuses: list[int] = []  # answers to the next pushes, in order; then 204
+        self.hold_pushes: threading.Event | None = None  # when set: a push is answered only once this is set
         self._changed = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -100,6 +101,8 @@ class FakeSubscriber:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 status = subscriber.push_statuses.pop(0) if subscriber.push_statuses else 204
                 subscriber._record("pushes", {"path": self.path, "headers": dict(self.headers), "body": body})
+                if subscriber.hold_pushes is not None:
+                    subscriber.hold_pushes.wait(60)
                 self._answer(status, b"")
 
             def _answer(self, status: int, body: bytes) -> None:

@@ -5,12 +5,15 @@ import hmac
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
 import feedparser
 import httpx
 import pytest
+
+from feedproxy.store.subscriptions import HubDatabase
 
 from .atomcheck import check_atom, entry_ids
 from .fakesubscriber import FakeSubscriber
@@ -246,3 +249,38 @@ def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_pape
                                                                         hashlib.sha256).hexdigest()
     assert [e.id for e in feedparser.parse(push["body"]).entries] == ["https://huggingface.co/papers/2608.99001"]
     assert "Traceback" not in log and "websub subscribe outcome=verified" in log
+
+
+def test_a_worker_stopped_mid_delivery_finishes_it_so_a_restart_never_sends_it_again(upstream, items, tmp_path):
+    """A restart while the hub is sending: the worker waits for the answer and records it before exiting.
+
+    Left claimed in the outbox, the delivery would be sent again by the next worker once its claim ran
+    out: the same feed (or notification, which the same outbox sends) twice.
+    """
+    data, log_file = tmp_path / "data", tmp_path / "gunicorn.log"
+    with FakeSubscriber() as subscriber, open(log_file, "wb") as output:
+        subscriber.hold_pushes = threading.Event()
+        proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
+                                     "FEEDPROXY_DATA_DIR": str(data), "WEB_CONCURRENCY": "1",
+                                     "TEST_SUBSCRIBER_PORT": str(subscriber.port)},
+                                    output=output, app="tests.websub_wsgi:app")
+        try:
+            links = feedparser.parse(wait_for_feed(base, proc, "/feed?q=zeitgeist").content).feed.links
+            topic = next(link.href for link in links if link.rel == "self")
+            answer = httpx.post(base + "/websub", timeout=5, data={
+                "hub.mode": "subscribe", "hub.topic": topic, "hub.callback": "http://subscriber.example/cb"})
+            assert answer.status_code == 202
+            assert wait_until(lambda: "feedproxy_websub_active_subscriptions 1.0" in httpx.get(base + "/metrics").text)
+            upstream.items.insert(0, new_item(items, "2608.99001", "Zeitgeist", "2026-08-21T15:00:00.000Z"))
+            assert subscriber.wait_for(lambda s: s.pushes, timeout=20)  # being sent: the subscriber holds its answer
+            proc.send_signal(signal.SIGTERM)
+            waiting = "waiting up to 20 s for the send in progress to finish"
+            assert wait_until(lambda: waiting in log_file.read_text() or proc.poll() is not None, timeout=30)
+            subscriber.hold_pushes.set()
+            proc.wait(timeout=30)
+        finally:
+            subscriber.hold_pushes.set()
+            stop(proc)
+    assert HubDatabase(str(data)).pending() == 0  # nothing left claimed for the next start to send again
+    log = log_file.read_text()
+    assert waiting in log and "websub delivery outcome=delivered" in log and "Traceback" not in log

@@ -64,6 +64,7 @@ DELIVERY_ATTEMPTS = 6  # the first try and 5 retries: 30 s, 1, 2, 4 and 8 min la
 BACKOFF_SECONDS = 30.0
 CLAIM_SECONDS = 120.0  # how long a worker holds an item it is sending before another may take it
 TICK_SECONDS = 5.0
+STOP_WAIT_SECONDS = 20.0  # a stopping worker waits this long for its send in progress (graceful_timeout: 25)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -190,6 +191,8 @@ class Hub:
         self._checked: dict[str, str] = {}  # watched key -> the snapshot versions this worker last compared it at
         self._verifying: set[Future] = set()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._sending = threading.Lock()  # held from claiming an outbox item until its outcome is recorded
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedproxy-websub-verify")
 
     @property
@@ -304,14 +307,28 @@ class Hub:
     # -- distribution ------------------------------------------------------------------
 
     def run_forever(self, interval: float = TICK_SECONDS) -> None:
-        """The hub's loop in a worker's background thread: look at the feeds, send what is due."""
-        while True:
+        """The hub's loop in a worker's background thread: look at the feeds, send what is due; until ``stop``."""
+        while not self._stopping.is_set():
             try:
                 self.tick()
                 self.deliver_due()
             except Exception:  # never let the loop die: the next tick tries again
                 log.exception("websub: the hub's loop failed; trying again in %g s", interval)
-            time.sleep(interval)
+            self._stopping.wait(interval)
+
+    def stop(self, timeout: float = STOP_WAIT_SECONDS) -> None:
+        """Send nothing more, and wait (at most ``timeout`` seconds) for the send in progress to end and its
+        outcome to be recorded: a worker stopping mid-send (a restart) would leave the item claimed, and
+        another worker would send it again once the claim ran out. Called when the worker exits (atexit)."""
+        self._stopping.set()
+        if self._sending.acquire(blocking=False):
+            self._sending.release()
+            return
+        log.info("hub: stopping; waiting up to %g s for the send in progress to finish", timeout)
+        if self._sending.acquire(timeout=timeout):
+            self._sending.release()
+        else:
+            log.warning("hub: the send in progress did not finish within %g s; it will be tried again", timeout)
 
     def tick(self) -> None:
         """Prune expired subscriptions, queue the feeds that gained entries, let the watchers look."""
@@ -392,11 +409,18 @@ class Hub:
         tried = 0
         if self.db is None:
             return tried
-        while tried < most:
+        while tried < most and self._deliver_one():
+            tried += 1
+        return tried
+
+    def _deliver_one(self) -> bool:
+        """Claim, send and record one due item; False when none is due or the hub is stopping."""
+        with self._sending:
+            if self._stopping.is_set():
+                return False
             item = self.db.claim(self.now(), CLAIM_SECONDS)
             if item is None:
-                break
-            tried += 1
+                return False
             outcome = self.senders.get(item.kind, lambda item: "dropped")(item)
             if outcome == "retry" and item.attempts < DELIVERY_ATTEMPTS:
                 self.db.retry_at(item.id, self.now() + self.backoff_seconds * 2 ** (item.attempts - 1))
@@ -405,7 +429,7 @@ class Hub:
                 self.db.done(item.id)
             count(DELIVERY_COUNTERS.get(item.kind, WEBSUB_DELIVERIES), outcome)
             log.info("%s delivery outcome=%s target=%s attempt=%d", item.kind, outcome, item.target, item.attempts)
-        return tried
+            return True
 
     def _send_feed(self, item: Claimed) -> str:
         """POST a feed to a subscriber: delivered, retry, gone (410: unsubscribed) or dropped (no longer subscribed)."""
