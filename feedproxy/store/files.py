@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ SNAPSHOT_NAME = "snapshot.json.gz"
 FAILURE_NAME = "failure.json"
 CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
+# save() writes these two keys first: the source can be read without parsing the papers.
+_SOURCE_AT_START = re.compile(rb'\{"format": \d+, "source": ("(?:[^"\\]|\\.)*")')
 
 
 def code_fingerprint() -> str:
@@ -187,6 +190,19 @@ class SnapshotFile:
                 raise
         except OSError as exc:
             raise StorageError(f"storage: cannot save {path}: {exc.strerror or exc}") from None
+
+    def saved_source(self) -> str | None:
+        """The upstream the saved snapshot is from, read from its first bytes; None without a readable file."""
+        try:
+            with gzip.open(self.path, "rb") as handle:
+                head = handle.read(8192)
+        except (OSError, EOFError):
+            return None
+        match = _SOURCE_AT_START.match(head)
+        try:
+            return json.loads(match.group(1)) if match else None
+        except ValueError:
+            return None
 
     def load(self) -> SavedSnapshot | None:
         """Read the saved snapshot; None when there is none. A corrupt file is moved aside."""
