@@ -80,9 +80,11 @@ _SAVED = '{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [%s]}'
     # (issue 17) shapes a refresh would refuse must not stop a worker from starting either
     gzip.compress((_SAVED % (_PAPER % "0001-01-01T00:00:00+14:00")).encode()),
     gzip.compress(b"[" * 100_000 + b"]" * 100_000),
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xff\xff\xff",  # a gzip header, then no valid deflate data
 ])
 def test_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
     (tmp_path / SNAPSHOT_NAME).write_bytes(content)
+    assert SnapshotFile(tmp_path).saved_source() is None  # what a worker with refresher children reads
     with pytest.raises(StorageError, match="unreadable.*moved it to"):
         SnapshotFile(tmp_path).load()
     assert not (tmp_path / SNAPSHOT_NAME).exists()

@@ -19,6 +19,7 @@ import pickle
 import re
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -196,7 +197,7 @@ class SnapshotFile:
         try:
             with gzip.open(self.path, "rb") as handle:
                 head = handle.read(8192)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):  # a corrupt file: the refresh moves it aside
             return None
         match = _SOURCE_AT_START.match(head)
         try:
@@ -223,7 +224,7 @@ class SnapshotFile:
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
                                  Validators.from_json(document.get("validators")),
                                  parse_timestamp(document.get("changed_at")))
-        except (OSError, EOFError, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             aside = self.move_aside()
             raise StorageError(
                 f"storage: {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
