@@ -214,3 +214,23 @@ def test_a_child_named_an_unknown_source_says_so_without_a_traceback(upstream, t
     err = capfd.readouterr().err
     assert "unknown source 'nope'; known sources: hf-daily" in err and "Traceback" not in err
     assert upstream.requests == []
+
+
+def test_a_worker_says_when_the_saved_snapshot_is_from_another_upstream(upstream, tmp_path, items):
+    """(issue 16) The refresher child skips it; the worker, which never loads the JSON, must still say so."""
+    folder = tmp_path / "hf-daily"
+    SnapshotFile(folder).save(SavedSnapshot("http://elsewhere/", utcnow(), (paper_from_item(items[0]),)))
+    upstream.always = Fault(status=503)
+    clock = FakeClock(utcnow())
+    client = child_app(upstream, tmp_path, clock).test_client()
+    ignored = (f"the saved snapshot in {folder} is from http://elsewhere/, not {upstream.url}, so it was not used; "
+               f"fetching from {upstream.url}")
+    feed = client.get("/feed")
+    assert feed.status_code == 503 and ignored in feed.text and "HTTP 503" in feed.text
+    assert client.get("/healthz").get_json()["saved_snapshot_ignored"] == ignored
+
+    upstream.always = None
+    SnapshotFile(folder).save_failure(None)  # the backoff is over, for the next child too
+    clock.advance(3600)
+    assert entries(client.get("/feed?limit=100")) == 40  # the child fetched and saved over the other file
+    assert client.get("/healthz").get_json()["saved_snapshot_ignored"] is None

@@ -14,6 +14,7 @@ from feedproxy.store import files as storage
 from feedproxy.upstream.papers import Paper, paper_from_item
 from feedproxy.search.query import parse_query
 from feedproxy.errors import NoData
+from feedproxy.refresher import Stopped
 from feedproxy.search.index import PaperIndex
 from feedproxy.store.snapshot import SnapshotStore
 from feedproxy.store.files import SNAPSHOT_NAME, SavedSnapshot, SnapshotFile, StorageError
@@ -52,6 +53,23 @@ def test_a_file_saved_before_the_newer_fields_loads_with_their_defaults(tmp_path
     assert loaded.papers == tuple(dataclasses.replace(p, **defaults) for p in papers)
 
 
+def test_a_stop_in_the_middle_of_a_save_leaves_the_saved_snapshot_whole(tmp_path, items, clock, monkeypatch):
+    """(issue 16, item 3) Ctrl-C reaching the refresher child while it writes: no temporary file, the old snapshot."""
+    papers = tuple(paper_from_item(i) for i in items)
+    file = SnapshotFile(tmp_path)
+    file.save(SavedSnapshot("src", clock(), papers[:10]))
+
+    def stopped(fd):
+        raise Stopped("SIGINT")  # what the child's signal handler raises, here with the body half on disk
+
+    monkeypatch.setattr(storage.os, "fsync", stopped)
+    with pytest.raises(Stopped):
+        file.save(SavedSnapshot("src", clock(), papers))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SNAPSHOT_NAME]
+    assert file.load().papers == papers[:10]
+
+
 _PAPER = '{"id": "2608.1", "title": "t", "published": "%s"}'
 _SAVED = '{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [%s]}'
 
@@ -62,9 +80,11 @@ _SAVED = '{"format": 1, "fetched_at": "2026-01-01T00:00:00Z", "papers": [%s]}'
     # (issue 17) shapes a refresh would refuse must not stop a worker from starting either
     gzip.compress((_SAVED % (_PAPER % "0001-01-01T00:00:00+14:00")).encode()),
     gzip.compress(b"[" * 100_000 + b"]" * 100_000),
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xff\xff\xff",  # a gzip header, then no valid deflate data
 ])
 def test_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
     (tmp_path / SNAPSHOT_NAME).write_bytes(content)
+    assert SnapshotFile(tmp_path).saved_source() is None  # what a worker with refresher children reads
     with pytest.raises(StorageError, match="unreadable.*moved it to"):
         SnapshotFile(tmp_path).load()
     assert not (tmp_path / SNAPSHOT_NAME).exists()

@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +38,8 @@ SNAPSHOT_NAME = "snapshot.json.gz"
 FAILURE_NAME = "failure.json"
 CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
+# save() writes these two keys first: the source can be read without parsing the papers.
+_SOURCE_AT_START = re.compile(rb'\{"format": \d+, "source": ("(?:[^"\\]|\\.)*")')
 
 
 def code_fingerprint() -> str:
@@ -188,6 +192,19 @@ class SnapshotFile:
         except OSError as exc:
             raise StorageError(f"storage: cannot save {path}: {exc.strerror or exc}") from None
 
+    def saved_source(self) -> str | None:
+        """The upstream the saved snapshot is from, read from its first bytes; None without a readable file."""
+        try:
+            with gzip.open(self.path, "rb") as handle:
+                head = handle.read(8192)
+        except (OSError, EOFError, zlib.error):  # a corrupt file: the refresh moves it aside
+            return None
+        match = _SOURCE_AT_START.match(head)
+        try:
+            return json.loads(match.group(1)) if match else None
+        except ValueError:
+            return None
+
     def load(self) -> SavedSnapshot | None:
         """Read the saved snapshot; None when there is none. A corrupt file is moved aside."""
         try:
@@ -207,7 +224,7 @@ class SnapshotFile:
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
                                  Validators.from_json(document.get("validators")),
                                  parse_timestamp(document.get("changed_at")))
-        except (OSError, EOFError, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             aside = self.move_aside()
             raise StorageError(
                 f"storage: {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "

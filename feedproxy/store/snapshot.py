@@ -457,7 +457,11 @@ class SnapshotStore:
         is the child's work (a worker doing it holds its GIL for seconds and keeps the heap it leaves,
         and it happens in the moment between the child saving the snapshot and saving its index).
         """
-        if self._load_saved_index() or self.refresher is not None:
+        if self._load_saved_index():
+            return
+        if self.refresher is not None:
+            # The child loads the JSON; this worker only reads whose it is, so /healthz and the 503 can say.
+            self._note_saved_source(self.storage.saved_source())
             return
         try:
             mtime = self.storage.mtime()
@@ -468,13 +472,9 @@ class SnapshotStore:
         self._loaded_mtime = mtime
         if saved is None:
             return
-        if saved.source != self.source.description:
-            log.warning("saved snapshot ignored: it is from %s, not %s", saved.source, self.source.description)
-            self.saved_snapshot_ignored = (
-                f"the saved snapshot in {self.storage.dir} is from {saved.source}, not {self.source.description}, "
-                f"so it was not used; fetching from {self.source.description}")
+        self._note_saved_source(saved.source)
+        if self.saved_snapshot_ignored:
             return
-        self.saved_snapshot_ignored = None
         if self._snapshot is not None and saved.fetched_at <= self._snapshot.fetched_at:
             return
         papers = merge_window((), saved.papers, self.window, self.clock(), self.max_papers)
@@ -491,6 +491,17 @@ class SnapshotStore:
             self.storage.save_index(self._saved_index())
         except StorageError as exc:
             self._storage_failed(exc)
+
+    def _note_saved_source(self, saved_source: str | None) -> None:
+        """Say whether the saved snapshot is from another upstream (FEEDPROXY_UPSTREAM_URL changed)."""
+        if saved_source is None or saved_source == self.source.description:
+            self.saved_snapshot_ignored = None
+            return
+        if self.saved_snapshot_ignored is None:
+            log.warning("saved snapshot ignored: it is from %s, not %s", saved_source, self.source.description)
+        self.saved_snapshot_ignored = (
+            f"the saved snapshot in {self.storage.dir} is from {saved_source}, not {self.source.description}, "
+            f"so it was not used; fetching from {self.source.description}")
 
     def _load_saved_index(self) -> bool:
         """Adopt the saved index cache (papers and index, no rebuild) when it matches; return whether it did.
