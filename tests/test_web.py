@@ -233,6 +233,25 @@ def test_fields_and_filters_select_papers_through_the_feed(month_client):
     assert entry_ids(check_atom(month_client.get("/feed?q=author:xidulu").data)) == _hf(["2608.08888"])
 
 
+def test_comments_project_pages_org_ids_and_author_user_names_select_papers_through_the_feed(month_client):
+    """The rest of the issue's query syntax, through /feed and the loopback fake, worked out from the JSON."""
+    from .conftest import month_and_all_items
+
+    items = month_and_all_items()
+    discussed = [i for i in items if i["numComments"] >= 3]
+    found = entry_ids(check_atom(month_client.get("/feed?q=comments%3E%3D3&limit=500").data))
+    assert found == _hf(_by_date(discussed)) and len(found) == 7
+    project_only = [i for i in items if i["paper"].get("projectPage") and not i["paper"].get("githubRepo")]
+    found = entry_ids(check_atom(month_client.get("/feed?q=has:project%20-has:code&limit=500").data))
+    assert found == _hf(_by_date(project_only)) and len(found) == 6
+    google = [i for i in items if (i.get("organization") or {}).get("_id") == "5e6aca39878b8b2bf9806447"]
+    found = entry_ids(check_atom(month_client.get("/feed?q=org:5e6aca39878b8b2bf9806447").data))
+    assert found == _hf(_by_date(google)) == _hf(["2608.19880"])
+    # An author's user name, on a paper someone else submitted: ruichen9618 is "Rui Chen"'s user name.
+    assert entry_ids(check_atom(month_client.get("/feed?q=author:ruichen9618").data)) == _hf(["2608.13489"])
+    assert entry_ids(check_atom(month_client.get("/feed?q=submitter:ruichen9618").data)) == []
+
+
 def _trending_ids(items: list[dict], limit: int) -> list[str]:
     """The README's formula, worked out from the JSON: upvotes / max(hours before the newest listing, 2)."""
     def listed(item):
