@@ -307,6 +307,17 @@ def test_a_top_feed_keeps_its_entries_while_their_order_changes(month_client, mo
     assert entry_ids(check_atom(after.data)) == _hf(["2608.17253", "2608.19880", "2608.16590"])
     assert set(entry_ids(check_atom(before.data))) == set(entry_ids(check_atom(after.data)))
     assert after.headers["ETag"] != before.headers["ETag"]
+    # Nor do their dates move, so a reader marks none of them new or updated: only their order changed.
+    listed = {"2608.17253": "2026-08-18T20:00:00+00:00", "2608.19880": "2026-08-19T20:00:00+00:00",
+              "2608.16590": "2026-08-16T20:00:00+00:00"}  # their publishedAt
+    assert _entry_dates(after) == _entry_dates(before) == {_hf([i])[0]: (d, d) for i, d in listed.items()}
+    assert check_atom(after.data).findtext(f"{ATOM}updated") == check_atom(before.data).findtext(f"{ATOM}updated")
+
+
+def _entry_dates(response) -> dict[str, tuple[str, str]]:
+    """Each entry's (published, updated), by its id."""
+    return {entry.findtext(f"{ATOM}id"): (entry.findtext(f"{ATOM}published"), entry.findtext(f"{ATOM}updated"))
+            for entry in check_atom(response.data).iter(f"{ATOM}entry")}
 
 
 def test_top_orders_by_upvotes_unless_sort_is_given_and_names_itself_once(month_client):
