@@ -234,3 +234,25 @@ def test_a_worker_says_when_the_saved_snapshot_is_from_another_upstream(upstream
     clock.advance(3600)
     assert entries(client.get("/feed?limit=100")) == 40  # the child fetched and saved over the other file
     assert client.get("/healthz").get_json()["saved_snapshot_ignored"] is None
+
+
+TOKEN = "hf_TestTokenNotARealOne123"
+
+
+def test_a_child_sends_the_hf_token_and_writes_it_nowhere(upstream, tmp_path, capfd):
+    """(issue 15) In production every refresh runs in a child: the token must reach the upstream from there,
+    and appear in none of its output, nor in the files it leaves for the workers (failure.json, the snapshot)."""
+    failing, working = tmp_path / "failing", tmp_path / "working"
+    upstream.faults.append(Fault(status=401, body=b'{"error":"Invalid credentials in Authorization header"}'))
+    run_in_child(make_config(upstream.url, data_dir=str(failing), refresh_in_subprocess=True, hf_token=TOKEN),
+                 "hf-daily", 0)
+    run_in_child(make_config(upstream.url, data_dir=str(working), refresh_in_subprocess=True, hf_token=TOKEN),
+                 "hf-daily", 0)
+    assert [r["headers"].get("Authorization") for r in upstream.requests] == [f"Bearer {TOKEN}"] * 2
+    assert "HTTP 401" in SnapshotFile(failing / "hf-daily").load_failure().last_error
+    assert len(SnapshotFile(working / "hf-daily").load().papers) == 40
+    out, err = capfd.readouterr()
+    assert "refresh failed" in err and "refresh ok" in err
+    assert TOKEN not in out + err
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert written and not [path for path in written if TOKEN.encode() in path.read_bytes()]

@@ -207,3 +207,24 @@ def test_the_token_reaches_the_upstream_and_nothing_a_person_or_a_log_sees(upstr
     assert TOKEN not in caplog.text
     assert TOKEN not in "".join(capsys.readouterr())
     assert TOKEN not in repr(app.config)
+
+
+@pytest.mark.parametrize(("stars", "huge"), [
+    ("NaN", False),  # Python's json reads NaN and Infinity, which the API never sends but a proxy might
+    ("Infinity", True),
+    ("1e400", True),  # a float past any double: infinity
+    (str(10**400), True),  # an integer past 64 bits, and past any float
+])
+def test_an_odd_star_count_costs_the_count_never_the_paper(upstream, clock, items, stars, huge):
+    """(issue 15) githubStars past any real count is kept as the largest the service counts, as upvotes are;
+    one that is no number is unknown. Either way the paper and its repository stay."""
+    odd = dict(items[1], paper=dict(items[1]["paper"], githubStars=0.5))
+    body = json.dumps([items[0], odd, items[2]]).replace('"githubStars": 0.5', f'"githubStars": {stars}')
+    upstream.faults.append(Fault(body=body.encode()))
+    client = create_app(make_config(upstream.url), clock=clock).test_client()
+    odd_url = "https://huggingface.co/papers/" + odd["paper"]["id"]
+    assert odd_url in [e.id for e in feedparser.parse(client.get("/feed?q=has:code").data).entries]
+    most = [e.id for e in feedparser.parse(client.get("/feed?q=stars%3E%3D999999999").data).entries]
+    assert most == ([odd_url] if huge else [])
+    unknown = [e.id for e in feedparser.parse(client.get("/feed?q=has:code%20-stars%3E%3D0").data).entries]
+    assert unknown == ([] if huge else [odd_url])

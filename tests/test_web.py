@@ -233,6 +233,25 @@ def test_fields_and_filters_select_papers_through_the_feed(month_client):
     assert entry_ids(check_atom(month_client.get("/feed?q=author:xidulu").data)) == _hf(["2608.08888"])
 
 
+def test_comments_project_pages_org_ids_and_author_user_names_select_papers_through_the_feed(month_client):
+    """The rest of the issue's query syntax, through /feed and the loopback fake, worked out from the JSON."""
+    from .conftest import month_and_all_items
+
+    items = month_and_all_items()
+    discussed = [i for i in items if i["numComments"] >= 3]
+    found = entry_ids(check_atom(month_client.get("/feed?q=comments%3E%3D3&limit=500").data))
+    assert found == _hf(_by_date(discussed)) and len(found) == 7
+    project_only = [i for i in items if i["paper"].get("projectPage") and not i["paper"].get("githubRepo")]
+    found = entry_ids(check_atom(month_client.get("/feed?q=has:project%20-has:code&limit=500").data))
+    assert found == _hf(_by_date(project_only)) and len(found) == 6
+    google = [i for i in items if (i.get("organization") or {}).get("_id") == "5e6aca39878b8b2bf9806447"]
+    found = entry_ids(check_atom(month_client.get("/feed?q=org:5e6aca39878b8b2bf9806447").data))
+    assert found == _hf(_by_date(google)) == _hf(["2608.19880"])
+    # An author's user name, on a paper someone else submitted: ruichen9618 is "Rui Chen"'s user name.
+    assert entry_ids(check_atom(month_client.get("/feed?q=author:ruichen9618").data)) == _hf(["2608.13489"])
+    assert entry_ids(check_atom(month_client.get("/feed?q=submitter:ruichen9618").data)) == []
+
+
 def _trending_ids(items: list[dict], limit: int) -> list[str]:
     """The README's formula, worked out from the JSON: upvotes / max(hours before the newest listing, 2)."""
     def listed(item):
@@ -288,6 +307,17 @@ def test_a_top_feed_keeps_its_entries_while_their_order_changes(month_client, mo
     assert entry_ids(check_atom(after.data)) == _hf(["2608.17253", "2608.19880", "2608.16590"])
     assert set(entry_ids(check_atom(before.data))) == set(entry_ids(check_atom(after.data)))
     assert after.headers["ETag"] != before.headers["ETag"]
+    # Nor do their dates move, so a reader marks none of them new or updated: only their order changed.
+    listed = {"2608.17253": "2026-08-18T20:00:00+00:00", "2608.19880": "2026-08-19T20:00:00+00:00",
+              "2608.16590": "2026-08-16T20:00:00+00:00"}  # their publishedAt
+    assert _entry_dates(after) == _entry_dates(before) == {_hf([i])[0]: (d, d) for i, d in listed.items()}
+    assert check_atom(after.data).findtext(f"{ATOM}updated") == check_atom(before.data).findtext(f"{ATOM}updated")
+
+
+def _entry_dates(response) -> dict[str, tuple[str, str]]:
+    """Each entry's (published, updated), by its id."""
+    return {entry.findtext(f"{ATOM}id"): (entry.findtext(f"{ATOM}published"), entry.findtext(f"{ATOM}updated"))
+            for entry in check_atom(response.data).iter(f"{ATOM}entry")}
 
 
 def test_top_orders_by_upvotes_unless_sort_is_given_and_names_itself_once(month_client):

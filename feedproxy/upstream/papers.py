@@ -8,6 +8,7 @@ item is skipped without losing the rest of a page.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -93,10 +94,13 @@ def _optional_int(value: object) -> int:
 
 
 def _optional_count(value: object) -> int | None:
-    """A count the API may leave out (githubStars): None when it is missing or not a number."""
+    """A count the API may leave out (githubStars): None when it is missing or not a number (NaN included),
+    else as _optional_int has it (more than MAX_COUNT is MAX_COUNT), so an odd count never costs the paper."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return max(int(value), 0)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return _optional_int(value)
 
 
 def _hf_name(value: object) -> str:
