@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "feedproxy"
 # Each module's stage: a module may import its own stage and earlier ones, never a later one.
 STAGES = ("base", "upstream", "store", "search", "render", "http", "entry")
-BASE = {"feedproxy", "feedproxy.errors", "feedproxy.logs", "feedproxy.numbers"}
+BASE = {"feedproxy", "feedproxy.errors", "feedproxy.heap", "feedproxy.logs", "feedproxy.numbers"}
 ENTRY = {"feedproxy.config", "feedproxy.wiring", "feedproxy.app", "feedproxy.cli", "feedproxy.refresher",
          "feedproxy.notify"}
 

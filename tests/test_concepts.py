@@ -14,7 +14,7 @@ from feedproxy.app import create_app
 from feedproxy.errors import ConceptsUnavailable
 from feedproxy.search import concepts
 from feedproxy.search.index import PaperIndex
-from feedproxy.search.query import parse_query
+from feedproxy.search.query import Concept, parse_query
 from feedproxy.upstream.papers import paper_from_item
 
 from .conftest import make_config
@@ -72,6 +72,32 @@ def test_similar_lists_the_papers_nearest_to_one_paper_without_it(client):
     assert near == ids(client.get(f"/feed?similar={paper}&limit=5&sort=relevance"))
     unknown = client.get("/feed?similar=9999.99999")
     assert unknown.status_code == 400 and "no paper '9999.99999' in this feed's window" in unknown.text
+
+
+def test_similar_uses_the_papers_saved_embedding_not_its_text_again(client, upstream, clock, monkeypatch):
+    """similar= of a paper in the window embeds nothing: the paper's row is the vector its text gives
+    (same feed), without tokenizing 2 kB of text and touching hundreds of rows of the model's table."""
+    paper = ids(client.get("/feed?limit=500"))[3]
+    url = f"/feed?similar={paper}&limit=500&sort=relevance"
+    with_model = ids(client.get(url))
+    other = create_app(make_config(upstream.url), clock=clock).test_client()
+    assert other.get("/feed").status_code == 200  # its index is built (the build embeds every paper)
+    embedded = []
+    monkeypatch.setattr(concepts.ConceptModel, "embed", lambda model, texts: embedded.append(texts))
+    without_model = other.get(url)
+    assert embedded == [] and without_model.status_code == 200
+    assert ids(without_model) == with_model != []
+
+
+def test_a_papers_saved_embedding_scores_as_its_text_does(labelled):
+    from feedproxy.search.index import concept_text
+
+    index, _ = labelled
+    paper = index.papers[7]
+    by_row = index.concept_scores(Concept(concept_text(paper), paper=paper.id))
+    index.__dict__.pop("_concept_cache", None)  # the same text, now embedded from the model
+    by_text = index.concept_scores(Concept(concept_text(paper)))
+    assert by_row.tolist() == by_text.tolist()
 
 
 def test_every_entry_links_to_papers_like_it_and_says_why_it_is_here(client):
@@ -199,7 +225,7 @@ def test_the_index_fuses_rankings_as_reciprocal_rank_fusion_does(labelled):
     everything = len(index)
     fused = [p.id for p in index.search(query, sort="relevance", limit=everything)]
     keyword = [p.id for p in index.search(parse_query("pretraining"), sort="relevance", limit=everything)]
-    scores = index.concept_scores("pretraining")
+    scores = index.concept_scores(Concept("pretraining"))
     numbers = {p.id: n for n, p in enumerate(index.papers)}
     by_meaning = sorted(fused, key=lambda i: (-scores[numbers[i]], numbers[i]))
     expected = reciprocal_rank_fusion([[numbers[i] for i in keyword], [numbers[i] for i in by_meaning]])

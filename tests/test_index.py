@@ -493,3 +493,23 @@ def test_count_since_counts_the_matches_listed_at_or_after_each_moment(month_ind
     # has:code, from Monday 2026-08-17: 2608.17426, 2608.17253 of the month and 10 of the 2026-08-21 file
     # (its 2608.13210 and 2608.14022 were listed on 08-12 and 08-14); from 08-10, 7 more; from 08-03, 4 more.
     assert month_index.count_since(parse_query("has:code"), moments) == [12, 19, 23, 0]
+
+
+def test_recurring_names_keywords_and_organisations_are_one_string_each_once_saved():
+    """A worker unpickles the index the refresher child built: each recurring author, keyword and
+    organisation must come back as one object, not one per paper (memory: 10.6 MB -> 4.1 MB of them)."""
+    import pickle
+
+    from feedproxy.upstream.papers import newest_first
+
+    index = pickle.loads(pickle.dumps(PaperIndex(REAL_PAPERS, concepts=False)))
+    assert index.papers == tuple(newest_first(REAL_PAPERS))  # the same papers, equal field by field
+    first: dict[str, str] = {}
+    seen = 0
+    for paper in index.papers:
+        for text in (*paper.authors, *paper.ai_keywords, *paper.author_users, paper.organization,
+                     paper.organization_name, paper.organization_id, paper.submitter, paper.ai_summary):
+            if text:
+                seen += 1
+                assert first.setdefault(text, text) is text, text
+    assert seen - len(first) > 20  # the fixtures do repeat some

@@ -98,7 +98,7 @@ def prepared(snapshots: Sequence[Snapshot], query: Query, match: str = "keyword"
     if paper is None:
         raise BadParameter(f"parameter 'similar': no paper {similar[:60]!r} in this feed's window; "
                            "give the id of a paper the feed lists (e.g. from its link)", "similar")
-    near = Concept(concept_text(paper), min_score=SIMILAR_MIN_ZSCORE)
+    near = Concept(concept_text(paper), min_score=SIMILAR_MIN_ZSCORE, paper=paper.id)
     return Query(query.normalised, near if query.root is None else And((near, query.root)))
 
 

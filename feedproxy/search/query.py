@@ -345,6 +345,9 @@ class Concept:
     # How near a paper must be, in standard deviations above the window's mean; None: the default
     # cut-off (search.concepts). A similar= feed asks for a wider circle, ranked nearest first.
     min_score: float | None = None
+    # similar=: the id of the paper whose text this is, so an index holding that paper can use its
+    # saved embedding instead of embedding the text again.
+    paper: str | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ loads it, without knowing what it is.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import threading
@@ -39,6 +38,7 @@ from typing import Callable, Iterable, Sequence
 
 from feedproxy.errors import (NoData, RefresherCannotSave, RefresherError, RefresherStopped, StorageError,
                               UpstreamBadData, UpstreamError, upstream_outcome)
+from feedproxy.heap import release_free_memory
 from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
 from feedproxy.store.policy import RefreshState
 from feedproxy.store.window import content_version, dated_in_future, merge_window, window_start
@@ -59,12 +59,9 @@ def utcnow() -> datetime:
 
 
 def release_memory() -> None:
-    """Collect garbage and ask glibc to hand freed heap pages back to the system (a no-op elsewhere)."""
+    """Collect garbage and hand freed heap pages back to the system (after a build in this process)."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_free_memory()
 
 
 @dataclass(frozen=True)
@@ -523,6 +520,8 @@ class SnapshotStore:
         self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index,
                                   cached.changed_at, cached.validators)
         self._adopted(cached.fetched_at, "index cache")
+        del cached
+        release_free_memory()  # unpickling, and the index this one replaces, leave freed heap behind
         return True
 
     def _saved_index(self) -> SavedIndex:
