@@ -19,6 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 PATH = "/api/daily_papers"
 
 
+def _paper_id(item) -> str | None:
+    """An item's paper id; None for the malformed items some tests serve on purpose."""
+    paper = item.get("paper") if isinstance(item, dict) else None
+    return paper.get("id") if isinstance(paper, dict) else None
+
+
 @dataclass
 class Fault:
     """How to answer one request instead of the real page."""
@@ -71,7 +77,7 @@ class FakeUpstream:
         is answered with ``fault`` (it becomes ``always``), so one refresh alone ever sees the item."""
         with self._lock:
             self.items.insert(0, item)
-            self._fail_after = (item["paper"]["id"], fault)
+            self._fail_after = (_paper_id(item), fault)
 
     def listed(self, paper_id: str) -> int:
         """How many requests were answered with a page that lists ``paper_id``."""
@@ -98,7 +104,7 @@ class FakeUpstream:
         if limit > 100 or limit < 1 or page < 0:
             return 400, b'{"error":"\\"limit\\" must be less than or equal to 100"}', []
         items = self.items[page * limit : (page + 1) * limit]
-        return 200, json.dumps(items).encode(), [item["paper"]["id"] for item in items]
+        return 200, json.dumps(items).encode(), [_paper_id(item) for item in items]
 
     def _handler(self):
         upstream = self
