@@ -3,7 +3,7 @@
 It pages a list of real items (newest first) with ``p`` and ``limit`` like the
 real API, records every request (and the paper ids of each page it served), and
 can be told to answer the next requests with a status, a delay, a different body
-or a cut-off body, or to list a new item to one request only (``add_then_fail``).
+or a cut-off body, to wait until released, or to list a new item to one request only (``add_then_fail``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 PATH = "/api/daily_papers"
+HOLD_SECONDS = 30  # a held answer is sent after this all the same, so a failing test cannot hang
 
 
 def _paper_id(item) -> str | None:
@@ -34,6 +35,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering
     headers: dict = field(default_factory=dict)
     truncate: bool = False  # send a Content-Length larger than the body, then close
+    hold: threading.Event | None = None  # answer only once this is set (at most HOLD_SECONDS later)
 
 
 class FakeUpstream:
@@ -134,6 +136,8 @@ class FakeUpstream:
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)
+                    if fault.hold is not None:
+                        fault.hold.wait(HOLD_SECONDS)
                     status = fault.status
                     body = fault.body if fault.body is not None else body
                     headers = fault.headers
