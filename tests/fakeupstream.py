@@ -1,8 +1,9 @@
 """A loopback fake of the Daily Papers API that serves real responses and injects faults.
 
 It pages a list of real items (newest first) with ``p`` and ``limit`` like the
-real API, records every request, and can be told to answer the next requests
-with a status, a delay, a different body or a cut-off body.
+real API, records every request (and the paper ids of each page it served), and
+can be told to answer the next requests with a status, a delay, a different body
+or a cut-off body, to wait until released, or to list a new item to one request only (``add_then_fail``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 PATH = "/api/daily_papers"
+HOLD_SECONDS = 30  # a held answer is sent after this all the same, so a failing test cannot hang
+
+
+def _paper_id(item) -> str | None:
+    """An item's paper id; None for the malformed items some tests serve on purpose."""
+    paper = item.get("paper") if isinstance(item, dict) else None
+    return paper.get("id") if isinstance(paper, dict) else None
 
 
 @dataclass
@@ -27,6 +35,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering
     headers: dict = field(default_factory=dict)
     truncate: bool = False  # send a Content-Length larger than the body, then close
+    hold: threading.Event | None = None  # answer only once this is set (at most HOLD_SECONDS later)
 
 
 class FakeUpstream:
@@ -34,10 +43,12 @@ class FakeUpstream:
 
     def __init__(self, items: list[dict]):
         self.items = list(items)
-        self.requests: list[dict] = []  # {"params": {...}, "headers": {...}}
+        # {"params": {...}, "headers": {...}, "listed": [paper ids of the page served, when one was]}
+        self.requests: list[dict] = []
         self.faults: list[Fault] = []  # consumed one per request, in order
         self.always: Fault | None = None  # applied to every request while set
         self.etags = False  # send an ETag and answer a matching If-None-Match with 304, like a CDN
+        self._fail_after: tuple[str, Fault] | None = None  # (paper id, fault): see add_then_fail
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -63,21 +74,39 @@ class FakeUpstream:
         self._server.shutdown()
         self._server.server_close()
 
-    def _next_fault(self) -> Fault | None:
+    def add_then_fail(self, item: dict, fault: Fault) -> None:
+        """List ``item`` first, to one request only: every request after the first page that lists it
+        is answered with ``fault`` (it becomes ``always``), so one refresh alone ever sees the item."""
         with self._lock:
-            if self.faults:
-                return self.faults.pop(0)
-            return self.always
+            self.items.insert(0, item)
+            self._fail_after = (_paper_id(item), fault)
 
-    def _page(self, params: dict) -> tuple[int, bytes]:
+    def listed(self, paper_id: str) -> int:
+        """How many requests were answered with a page that lists ``paper_id``."""
+        with self._lock:
+            return sum(paper_id in r.get("listed", ()) for r in self.requests)
+
+    def _answer(self, params: dict, record: dict) -> tuple[Fault | None, int, bytes]:
+        """The fault to apply (if any) and the page, decided at once for the request ``record``."""
+        with self._lock:
+            fault = self.faults.pop(0) if self.faults else self.always
+            status, body, ids = self._page(params)
+            if fault is None and status == 200:
+                record["listed"] = ids
+                if self._fail_after is not None and self._fail_after[0] in ids:
+                    self.always, self._fail_after = self._fail_after[1], None
+            return fault, status, body
+
+    def _page(self, params: dict) -> tuple[int, bytes, list[str]]:
         try:
             page = int(params.get("p", "0"))
             limit = int(params.get("limit", "50"))
         except ValueError:
-            return 400, b'{"error":"bad p or limit"}'
+            return 400, b'{"error":"bad p or limit"}', []
         if limit > 100 or limit < 1 or page < 0:
-            return 400, b'{"error":"\\"limit\\" must be less than or equal to 100"}'
-        return 200, json.dumps(self.items[page * limit : (page + 1) * limit]).encode()
+            return 400, b'{"error":"\\"limit\\" must be less than or equal to 100"}', []
+        items = self.items[page * limit : (page + 1) * limit]
+        return 200, json.dumps(items).encode(), [_paper_id(item) for item in items]
 
     def _handler(self):
         upstream = self
@@ -89,17 +118,17 @@ class FakeUpstream:
             def do_GET(self):
                 parts = urlsplit(self.path)
                 params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                record = {"params": params, "headers": dict(self.headers)}
                 with upstream._lock:
-                    upstream.requests.append({"params": params, "headers": dict(self.headers)})
+                    upstream.requests.append(record)
                 if parts.path != PATH:
                     self._send(404, b'{"error":"not found"}', {})
                     return
-                fault = upstream._next_fault()
-                status, body = upstream._page(params)
+                fault, status, body = upstream._answer(params, record)
                 headers = {}
                 if upstream.etags and status == 200 and fault is None:
                     etag = '"' + hashlib.sha1(body).hexdigest() + '"'
-                    upstream.requests[-1]["etag"] = etag
+                    record["etag"] = etag
                     if self.headers.get("If-None-Match") == etag:
                         self._send(304, b"", {"ETag": etag})
                         return
@@ -107,6 +136,8 @@ class FakeUpstream:
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)
+                    if fault.hold is not None:
+                        fault.hold.wait(HOLD_SECONDS)
                     status = fault.status
                     body = fault.body if fault.body is not None else body
                     headers = fault.headers

@@ -17,6 +17,7 @@ from feedproxy.store.subscriptions import HubDatabase
 
 from .atomcheck import check_atom, entry_ids
 from .fakesubscriber import FakeSubscriber
+from .fakeupstream import Fault
 from .servers import ROOT, children, free_port, start_gunicorn, stop, wait_for_feed, wait_until, with_saved_data
 from .test_digest import new_item
 
@@ -222,7 +223,13 @@ def test_a_worker_that_cannot_write_its_metrics_folder_serves_and_counts_in_its_
 
 
 def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_paper(upstream, items):
-    """As FreshRSS does: find the hub in the feed, subscribe, verify, then receive the new feed once."""
+    """As FreshRSS does: find the hub in the feed, subscribe, verify, then receive the new feed once.
+
+    "Within one refresh" is shown by counting, not timing: the upstream lists the new paper to one
+    request only and fails every request after it, so the push can come only from the one refresh
+    that saw the paper (a hub that waited for a second refresh would never push).
+    """
+    new = "2608.99001"
     with FakeSubscriber() as subscriber:
         proc, base = start_gunicorn({"FEEDPROXY_UPSTREAM_URL": upstream.url, "FEEDPROXY_WINDOW_DAYS": "1000",
                                      "TEST_SUBSCRIBER_PORT": str(subscriber.port)}, app="tests.websub_wsgi:app")
@@ -236,18 +243,20 @@ def test_a_websub_subscriber_gets_one_signed_push_within_a_refresh_of_a_new_pape
             assert answer.status_code == 202
             assert subscriber.wait_for(lambda s: s.verifications, timeout=10)
             assert wait_until(lambda: "feedproxy_websub_active_subscriptions 1.0" in httpx.get(base + "/metrics").text)
-            upstream.items.insert(0, new_item(items, "2608.99001", "Zeitgeist: pretraining", "2026-08-21T15:00:00.000Z"))
-            gained = time.monotonic()
-            assert subscriber.wait_for(lambda s: s.pushes, timeout=20), "no push within 20 s"
-            assert time.monotonic() - gained < 12  # the 2 s refresh, a tick of the hub (1 s), a child's start
-            time.sleep(4)  # more refreshes and ticks in both workers: still one push
-            [push] = subscriber.pushes
+            upstream.add_then_fail(new_item(items, new, "Zeitgeist: pretraining", "2026-08-21T15:00:00.000Z"),
+                                   Fault(status=500, body=b'{"error":"down"}'))
+            assert subscriber.wait_for(lambda s: s.pushes, timeout=60), "no push"  # a generous wait, no deadline
+            assert upstream.listed(new) == 1  # the one refresh that saw the paper
+            # The upstream recovers: three more refreshes list the paper, in both workers' hubs' sight.
+            upstream.always = None
+            assert wait_until(lambda: upstream.listed(new) >= 4, timeout=60)
+            [push] = subscriber.pushes  # still one push
         finally:
             log = stop(proc)
     assert push["path"] == "/freshrss/api/pshb.php?k=abc"
     assert push["headers"]["X-Hub-Signature"] == "sha256=" + hmac.new(b"e2e-secret", push["body"],
                                                                         hashlib.sha256).hexdigest()
-    assert [e.id for e in feedparser.parse(push["body"]).entries] == ["https://huggingface.co/papers/2608.99001"]
+    assert [e.id for e in feedparser.parse(push["body"]).entries] == [f"https://huggingface.co/papers/{new}"]
     assert "Traceback" not in log and "websub subscribe outcome=verified" in log
 
 

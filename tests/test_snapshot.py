@@ -14,6 +14,7 @@ from feedproxy.store.snapshot import SnapshotStore, content_version, merge_windo
 from feedproxy.upstream.daily_papers import HttpListing
 
 from .fakeupstream import Fault, FakeUpstream
+from .servers import wait_until
 
 T0 = datetime(2026, 8, 21, 12, 0, tzinfo=timezone.utc)
 
@@ -202,16 +203,19 @@ def test_fifty_concurrent_cold_requests_cause_one_fetch(upstream, clock):
 def test_a_stalled_refresh_does_not_slow_readers(upstream, clock):
     store = store_for(upstream, clock, window_days=1000, background=True)
     store.refresh_now()  # warm: fetched in this thread
-    first = store.current()
-    upstream.always = Fault(delay=1.5)
+    first, checked = store.current(), store.last_success_at
+    answer = threading.Event()
+    upstream.always = Fault(hold=answer)  # the upstream answers the refresh only once told to
     clock.advance(1000)
-    started = time.perf_counter()
-    for _ in range(20):
-        assert store.current() is first
-    assert time.perf_counter() - started < 0.5  # the refresh is still stalled in its thread
-    deadline = time.time() + 5
-    while len(upstream.requests) < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    try:
+        for _ in range(20):
+            assert store.current() is first
+        # The refresh has not ended: no reader waited for it (one that had would have waited until the
+        # read timeout, and the refresh would have failed).
+        assert store.last_success_at == checked and store.last_error is None
+        assert wait_until(lambda: len(upstream.requests) == 2)
+    finally:
+        answer.set()
     assert len(upstream.requests) == 2  # one background refresh, not one per reader
 
 
@@ -288,19 +292,22 @@ def test_only_one_refresh_thread_starts_while_a_refresh_runs(upstream, clock, mo
 
 def test_cold_requests_get_no_data_at_once_while_the_first_fetch_runs(upstream, clock, monkeypatch):
     """(issue 17) In service a cold store holds no request thread: one background fetch, 503s meanwhile."""
-    upstream.faults.append(Fault(delay=1.5))
+    answer = threading.Event()
+    upstream.faults.append(Fault(hold=answer))  # the first fetch is answered only once told to
     store = store_for(upstream, clock, window_days=1000, background=True)
     started = []
     start = threading.Thread.start
     monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), start(thread))[1])
-    waited = []
-    for _ in range(20):
-        began = time.monotonic()
-        with pytest.raises(NoData) as err:
-            store.current()
-        waited.append(time.monotonic() - began)
-    assert max(waited) < 0.5 and err.value.retry_after == 5
-    assert "still running" in err.value.reason
+    try:
+        for _ in range(20):
+            with pytest.raises(NoData) as err:
+                store.current()
+        # Each answered while the fetch is unanswered: one that waited for it would have got its
+        # failure (the read timeout), not "still running".
+        assert err.value.retry_after == 5 and store.last_error is None
+        assert "still running" in err.value.reason
+    finally:
+        answer.set()
     fetches = [t for t in started if t.name == "feedproxy-first-fetch"]
     assert len(fetches) == 1
     fetches[0].join(timeout=10)
