@@ -52,6 +52,7 @@ class FakeFeeds:
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: list[dict] = []  # {"path": ..., "headers": {...}}
         self.heads: list[str] = []  # how each dripped head ended: "whole", or "cut short" when the client left
+        self.bodies: list[str] = []  # the same for each dripped body
         self._lock = threading.Lock()
         self._head_ended = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -86,6 +87,12 @@ class FakeFeeds:
         with self._head_ended:
             self._head_ended.wait_for(lambda: len(self.heads) >= count, timeout)
             return list(self.heads)
+
+    def wait_for_bodies(self, count: int, timeout: float = 60) -> list[str]:
+        """Wait (at most ``timeout`` seconds) until ``count`` dripped bodies have ended; return how each ended."""
+        with self._head_ended:
+            self._head_ended.wait_for(lambda: len(self.bodies) >= count, timeout)
+            return list(self.bodies)
 
     def start(self) -> "FakeFeeds":
         self._thread.start()
@@ -137,16 +144,26 @@ class FakeFeeds:
                             self.send_header(key, value)
                         self.end_headers()
                     if route.drip:
-                        for i in range(len(route.body)):
-                            time.sleep(route.drip)
-                            self.wfile.write(route.body[i : i + 1])
-                            self.wfile.flush()
+                        self._drip_body(route)
                     else:
                         self.wfile.write(route.body)
                 except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     pass
                 if not route.send_length:
                     self.close_connection = True
+
+            def _drip_body(self, route: Route) -> None:
+                ended = "cut short"
+                try:
+                    for i in range(len(route.body)):
+                        time.sleep(route.drip)
+                        self.wfile.write(route.body[i : i + 1])
+                        self.wfile.flush()
+                    ended = "whole"
+                finally:
+                    with fake._head_ended:
+                        fake.bodies.append(ended)
+                        fake._head_ended.notify_all()
 
             def _drip_head(self, route: Route, headers: list[tuple[str, str]]) -> None:
                 self.wfile.write(f"HTTP/1.1 {route.status} {self.responses[route.status][0]}\r\n".encode())

@@ -1,7 +1,6 @@
 """RSS and Atom feeds into Papers: arXiv listings, HTML-laden blogs, malformed and hostile documents."""
 
 import logging
-import time
 from datetime import datetime, timezone
 
 import feedparser
@@ -280,12 +279,14 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("body", ATTACKS.values(), ids=ATTACKS.keys())
-def test_entity_attacks_are_refused_quickly_without_expanding(body):
+def test_entity_attacks_are_refused_quickly_without_expanding(body, monkeypatch):
+    """Refused before any XML parser sees the document, so no entity is ever expanded."""
     assert declares_entities(body)
-    started = time.monotonic()
+    parsed = []
+    monkeypatch.setattr(feedparser, "parse", lambda *args, **kwargs: parsed.append(args))
     with pytest.raises(UpstreamBadData, match="^feed https://attacker.example/feed: refused a document that declares XML entities") as err:
         parse_feed(body, "feed https://attacker.example/feed")
-    assert time.monotonic() - started < 1.0
+    assert parsed == []
     assert "root:" not in str(err.value) and "lollol" not in str(err.value)
 
 
