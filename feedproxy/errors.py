@@ -25,6 +25,8 @@
         SubscriptionRefused    a WebSub request the hub refuses (carries its status: 400, 403, 404, 503)
       NoData                 nothing to serve yet (carries the reason and a Retry-After)
       CallbackFailed         a request to a WebSub subscriber's callback got no answer (carries the outcome)
+      InvalidValue           an argument a function does not take, or text that spells no valid value (also ValueError)
+      InvalidType            an argument of a type a function does not take (also TypeError)
 
 Messages start with where the error comes from and say what the operator or user
 can do about it; they are shown to users verbatim, so they never carry tracebacks.
@@ -170,6 +172,14 @@ class CallbackFailed(FeedproxyError):
     def __init__(self, message: str, outcome: str) -> None:
         super().__init__(message)
         self.outcome = outcome  # private_address, unreachable, timeout, bad_response
+
+
+class InvalidValue(FeedproxyError, ValueError):
+    """An argument a function does not take (out of range, text that spells no valid value); also a ValueError."""
+
+
+class InvalidType(FeedproxyError, TypeError):
+    """An argument of a type a function does not take; also a TypeError, as callers of Python code expect."""
 
 
 class NoData(FeedproxyError):

@@ -27,6 +27,7 @@ from cachetools import LRUCache
 from feedgen.feed import FeedGenerator
 
 from feedproxy import __version__
+from feedproxy.errors import InvalidValue
 from feedproxy.upstream.papers import Paper, iso_z, strip_xml_forbidden
 
 HF_PAPERS_PAGE = "https://huggingface.co/papers"
@@ -257,7 +258,7 @@ def _rss_item(paper: Paper) -> bytes:
 def _splice(document: bytes, end_tag: bytes, entries: Iterable[bytes]) -> bytes:
     """Put rendered entries before the document's closing tags (feedgen renders the head, entry-less)."""
     if not document.endswith(end_tag):
-        raise ValueError(f"feedgen output does not end with {end_tag!r}")
+        raise InvalidValue(f"feedgen output does not end with {end_tag!r}")
     return document[: -len(end_tag)] + b"".join(entries) + end_tag
 
 
@@ -287,7 +288,7 @@ def render_rss(info: FeedInfo, papers: Sequence[Paper], entries: EntryCache | No
     root = head[: head.index(b"<channel>")]
     for prefix, uri in RSS_NAMESPACES.items():
         if f'xmlns:{prefix}="{uri}"'.encode() not in root:  # the items use the prefix undeclared
-            raise ValueError(f"feedgen's <rss> does not declare xmlns:{prefix}={uri!r}")
+            raise InvalidValue(f"feedgen's <rss> does not declare xmlns:{prefix}={uri!r}")
     return _splice(head, b"</channel></rss>", _entries("rss", papers, _rss_item, entries, info))
 
 

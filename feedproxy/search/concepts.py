@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feedproxy.errors import ConceptsUnavailable, ModelMismatch
+from feedproxy.errors import ConceptsUnavailable, InvalidValue, ModelMismatch
 from feedproxy.heap import release_free_memory
 
 MODEL_CONFIG = "l2_supercat"
@@ -140,7 +140,7 @@ def _map_tensor(path: Path, key: str) -> np.ndarray:
     dtype = np.dtype(_SAFETENSOR_TYPES[entry["dtype"]]).newbyteorder("<")
     shape = tuple(entry["shape"])
     if end - start != dtype.itemsize * math.prod(shape):
-        raise ValueError(f"tensor {key!r} is {end - start} bytes, not {shape} of {dtype}")
+        raise InvalidValue(f"tensor {key!r} is {end - start} bytes, not {shape} of {dtype}")
     return np.memmap(path, dtype=dtype, mode="r", offset=8 + length + start, shape=shape)
 
 
@@ -163,7 +163,7 @@ class ConceptIndex:
     def __init__(self, embeddings: np.ndarray, fingerprint: str, model: ConceptModel | None = None):
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2:
-            raise ValueError(f"embeddings must be 2-D (papers x dimensions), not {embeddings.shape}")
+            raise InvalidValue(f"embeddings must be 2-D (papers x dimensions), not {embeddings.shape}")
         self.embeddings = embeddings
         self.fingerprint = fingerprint
         self._model = None
@@ -283,7 +283,7 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[in
     depend on the order of the rankings beyond that tie-break.
     """
     if k <= 0:
-        raise ValueError(f"k must be positive, not {k}")
+        raise InvalidValue(f"k must be positive, not {k}")
     shares: dict[int, list[float]] = {}
     for ranking in rankings:
         seen = set()

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from feedproxy.errors import ConceptsUnavailable
+from feedproxy.errors import ConceptsUnavailable, InvalidValue
 from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex
 from feedproxy.search.query import (
     And, Compare, Concept, Has, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
@@ -205,11 +205,11 @@ class PaperIndex:
         in ``sort`` order.
         """
         if sort not in SORTS:
-            raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+            raise InvalidValue(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
         if limit < 0 or min_upvotes < 0:
-            raise ValueError("limit and min_upvotes must not be negative")
+            raise InvalidValue("limit and min_upvotes must not be negative")
         if since is not None and since.tzinfo is None:
-            raise ValueError("since must be a timezone-aware datetime")
+            raise InvalidValue("since must be a timezone-aware datetime")
         scope = self._scope(min_upvotes, since)
         if not scope or not limit:
             return []
@@ -715,7 +715,7 @@ def _stem_char(number: int) -> str:
     """Return the character of the ``number``th stem (from 1), skipping surrogates."""
     code = number if number < 0xD800 else number + 0x800
     if code >= _LAST_STEM_CODE:
-        raise ValueError("too many distinct words to index")
+        raise InvalidValue("too many distinct words to index")
     return chr(code)
 
 
@@ -723,7 +723,7 @@ def _joined_char(number: int) -> str:
     """Return the character of the ``number``th joined stem (from 1), from the top down."""
     code = 0x110000 - number
     if code <= _LAST_STEM_CODE:
-        raise ValueError("too many distinct compounds to index")
+        raise InvalidValue("too many distinct compounds to index")
     return chr(code)
 
 

@@ -78,7 +78,7 @@ from typing import NamedTuple, Union
 
 import snowballstemmer
 
-from feedproxy.errors import QueryError
+from feedproxy.errors import InvalidType, InvalidValue, QueryError
 from feedproxy.numbers import parse_whole_number
 
 MAX_QUERY_LENGTH = 500
@@ -417,7 +417,7 @@ class Query:
         concept. hybrid: papers matching either way. Exclusions stay keyword exclusions.
         """
         if match not in MATCHES:
-            raise ValueError(f"match must be one of {', '.join(MATCHES)}, not {match!r}")
+            raise InvalidValue(f"match must be one of {', '.join(MATCHES)}, not {match!r}")
         if match == "keyword" or self.root is None:
             return self
         concepts = _as_concepts(self.root)
@@ -499,7 +499,7 @@ def parse_query(text: str | None) -> Query:
     if text is None:
         return EMPTY_QUERY
     if not isinstance(text, str):
-        raise TypeError(f"query must be str or None, not {type(text).__name__}")
+        raise InvalidType(f"query must be str or None, not {type(text).__name__}")
     if len(text) > MAX_QUERY_LENGTH:
         raise QueryError(
             f"the query is {len(text)} characters long; the limit is {MAX_QUERY_LENGTH}",

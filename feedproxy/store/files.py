@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 from contextlib import contextmanager
 
-from feedproxy.errors import StorageError
+from feedproxy.errors import InvalidValue, StorageError
 from feedproxy.store.policy import FailureRun
 from feedproxy.upstream.http import NO_VALIDATORS, Validators
 from feedproxy.upstream.papers import Paper, parse_timestamp
@@ -76,7 +76,7 @@ INDEX_GLOBALS = frozenset({
 class _IndexUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in INDEX_GLOBALS:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an index cache")
+            raise StorageError(f"{module}.{name} is not allowed in an index cache")
         return super().find_class(module, name)
 
 
@@ -133,7 +133,7 @@ def _paper_from_json(data: dict) -> Paper:
     data["published"] = parse_timestamp(data["published"])
     data["arxiv_published"] = parse_timestamp(data.get("arxiv_published"))
     if data["published"] is None:
-        raise ValueError(f"paper {data.get('id')!r} has no valid published date")
+        raise InvalidValue(f"paper {data.get('id')!r} has no valid published date")
     for name in ("authors", "ai_keywords", "author_users"):
         data[name] = tuple(data.get(name) or ())
     return Paper(**data)
@@ -216,10 +216,10 @@ class SnapshotFile:
         try:
             document = json.loads(gzip.decompress(raw))
             if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-                raise ValueError(f"not a feedproxy snapshot of format {FILE_FORMAT}")
+                raise InvalidValue(f"not a feedproxy snapshot of format {FILE_FORMAT}")
             fetched_at = parse_timestamp(document.get("fetched_at"))
             if fetched_at is None:
-                raise ValueError("no valid fetched_at")
+                raise InvalidValue("no valid fetched_at")
             papers = tuple(_paper_from_json(p) for p in document["papers"])
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
                                  Validators.from_json(document.get("validators")),

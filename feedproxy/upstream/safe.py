@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 
 import httpx
 
-from feedproxy.errors import FetchRefused, UrlNotAllowed
+from feedproxy.errors import FetchRefused, InvalidValue, UrlNotAllowed
 from feedproxy.upstream.deadline import with_deadline
 from feedproxy.upstream.http import FEED_ACCEPT, NO_VALIDATORS, Fetched, HttpFetcher, Validators
 
@@ -69,28 +69,28 @@ class HostRule:
 
 
 def parse_host_rule(entry: str) -> HostRule:
-    """Read one allow-list entry ("feeds.example", "*.example.org", "feeds.example:8080"); ValueError if invalid."""
+    """Read one allow-list entry ("feeds.example", "*.example.org", "feeds.example:8080"); InvalidValue if invalid."""
     text = entry.strip().lower()
     wildcard = text.startswith("*.")
     name = text[2:] if wildcard else text
     if not name or any(c in name for c in "*/@?#\\") or any(c.isspace() for c in name):
-        raise ValueError(f"{entry!r} is not a host name (use e.g. feeds.example, *.example.org or feeds.example:8080)")
+        raise InvalidValue(f"{entry!r} is not a host name (use e.g. feeds.example, *.example.org or feeds.example:8080)")
     try:
         url = httpx.URL(f"http://{name}/")
     except httpx.InvalidURL as exc:
-        raise ValueError(f"{entry!r} is not a host name: {exc}") from None
+        raise InvalidValue(f"{entry!r} is not a host name: {exc}") from None
     host = url.raw_host.decode("ascii")
     if not host:
-        raise ValueError(f"{entry!r} has no host name")
+        raise InvalidValue(f"{entry!r} has no host name")
     if wildcard and _ip_literal(host) is not None:
-        raise ValueError(f"{entry!r}: a wildcard needs a domain name, not an IP address")
+        raise InvalidValue(f"{entry!r}: a wildcard needs a domain name, not an IP address")
     return HostRule(host, url.port, wildcard)
 
 
 def parse_allowed_hosts(value: str | Iterable[str]) -> frozenset[str]:
     """Validate an allow-list (comma- or space-separated text, or entries) and return it normalised.
 
-    Raises ValueError naming the first bad entry; the result is what ``check_url`` expects.
+    Raises InvalidValue naming the first bad entry; the result is what ``check_url`` expects.
     """
     entries = value.replace(",", " ").split() if isinstance(value, str) else list(value)
     normalised = set()
