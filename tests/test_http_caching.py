@@ -2,11 +2,13 @@
 
 import gzip
 import random
+from email.utils import parsedate_to_datetime
 
 import pytest
 
 from feedproxy.app import create_app
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
+from feedproxy.store import files
 from feedproxy.store.files import SnapshotFile
 from feedproxy.store.snapshot import utcnow
 
@@ -147,6 +149,35 @@ def test_last_modified_survives_a_restart_and_is_shared_by_workers(tmp_path, ups
     SnapshotFile(tmp_path / "hf-daily").index_path.unlink()  # from the JSON snapshot alone, too
     again = create_app(config, clock=clock).test_client().get("/feed?q=model")
     assert again.headers["Last-Modified"] == first.headers["Last-Modified"]
+
+
+@pytest.mark.parametrize("saved", ["index cache", "JSON snapshot alone"])
+def test_last_modified_moves_when_new_code_serves_the_saved_data(tmp_path, upstream, clock, monkeypatch, saved):
+    """An upgrade may render the same data as other bytes: a reader sending only If-Modified-Since must get them."""
+    config = make_config(upstream.url, data_dir=str(tmp_path))
+
+    def serve(since: str | None = None):
+        if saved == "JSON snapshot alone":
+            SnapshotFile(tmp_path / "hf-daily").index_path.unlink(missing_ok=True)
+        headers = {"If-Modified-Since": since} if since else {}
+        return create_app(config, clock=clock).test_client().get("/feed?q=model", headers=headers)
+
+    monkeypatch.setattr(files, "OUTPUT_FINGERPRINT", "0lder0c0de0f0000")
+    old = serve()  # older code fetches, saves and serves
+    monkeypatch.undo()
+    clock.advance(60)  # within the refresh interval: no refetch, the saved data is served by this code
+    new = serve(old.headers["Last-Modified"])
+    assert new.status_code == 200
+    last_modified = parsedate_to_datetime(new.headers["Last-Modified"])
+    assert last_modified > parsedate_to_datetime(old.headers["Last-Modified"])
+    clock.advance(60)  # the same code restarting, or another of its workers, agrees
+    for _ in range(2):
+        assert serve(new.headers["Last-Modified"]).status_code == 304
+        assert serve().headers["Last-Modified"] == new.headers["Last-Modified"]
+    monkeypatch.setattr(files, "OUTPUT_FINGERPRINT", "0lder0c0de0f0000")
+    clock.advance(60)  # rolled back to the older code: its bytes again, later still
+    back = serve(new.headers["Last-Modified"])
+    assert back.status_code == 200 and parsedate_to_datetime(back.headers["Last-Modified"]) > last_modified
 
 
 def test_cache_is_bounded_by_bytes():

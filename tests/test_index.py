@@ -61,7 +61,13 @@ ABSTRACT_HIT = Paper(
 ACRONYM_COMPOUNDS = Paper(
     id="2601.00030", title="Routing LLMs-based Serving on Multi-GPUs Nodes", published=_utc(2026, 1, 3)
 )
-HAND_BUILT = [PRETRAINER, MARKUP, TWIN_A, TWIN_B, TWIN_NEWER, TITLE_HIT, ABSTRACT_HIT, ACRONYM_COMPOUNDS]
+# HAND-BUILT: no fixture writes an acronym's plural in lower case (as AI keywords often are).
+LOWER_CASE_PLURALS = Paper(
+    id="2601.00031", title="Small lms and vlas on gpus", published=_utc(2026, 1, 4), ai_keywords=("vlms",)
+)
+HAND_BUILT = [
+    PRETRAINER, MARKUP, TWIN_A, TWIN_B, TWIN_NEWER, TITLE_HIT, ABSTRACT_HIT, ACRONYM_COMPOUNDS, LOWER_CASE_PLURALS,
+]  # fmt: skip
 
 # "pre-training", "pretraining", "pre-trained", "pretrained", "pre-train" in real abstracts and titles.
 PRETRAIN = {
@@ -85,7 +91,11 @@ LLM = {
     "2405.15319", "2506.08001", "2608.13120", "2608.18027", "2608.19758", "2608.19861", "2608.19880", "2608.20202",
     ACRONYM_COMPOUNDS.id,
 }  # fmt: skip
-GPU = {"2506.08889", "2608.19758", ACRONYM_COMPOUNDS.id}  # "H100 GPU", "H20 GPUs", "Multi-GPUs"
+# "H100 GPU", "H20 GPUs", "Multi-GPUs", "gpus".
+GPU = {"2506.08889", "2608.19758", ACRONYM_COMPOUNDS.id, LOWER_CASE_PLURALS.id}
+LM = {"2405.15216", LOWER_CASE_PLURALS.id}  # "LM" and "LMs" (SpeechLM's abstract), "lms"
+VLA = {"2506.09937", "2608.19891", LOWER_CASE_PLURALS.id}  # "VLA", "VLAs", "vla" (a keyword), "vlas"
+VLM = {"2608.19891", LOWER_CASE_PLURALS.id}  # "VLM" only, "vlms" (a keyword)
 
 CASES = [
     # Stems and hyphenated compounds, any spelling or case.
@@ -186,10 +196,17 @@ CASES = [
     ("GPU", GPU),
     ("GPUs", GPU),
     ("GPU OR GPUs", GPU),
-    # Lower case, "gpus" could be a word like "focus": it finds only the plural.
-    ("gpus", {"2608.19758", ACRONYM_COMPOUNDS.id}),
-    ("VLM", {"2608.19891"}),  # "VLM" only
-    ("VLMs", {"2608.19891"}),
+    # In lower case too: consonants and s ("lms"), or consonants no English word begins with, a vowel and s.
+    ("gpus", GPU),
+    ("LM", LM),
+    ("LMs", LM),
+    ("lms", LM),
+    ("VLA", VLA),
+    ("VLAs", VLA),
+    ("vlas", VLA),
+    ("VLM", VLM),
+    ("VLMs", VLM),
+    ("vlms", VLM),
     ("MLLM", {"2608.13210"}),  # "MLLMs" only
     ("MLLMs", {"2608.13210"}),
     ("mllms", {"2608.13210"}),
@@ -201,7 +218,9 @@ CASES = [
     ("multi-gpus", {ACRONYM_COMPOUNDS.id}),
     # Words ending in s that are no plural of an acronym keep their s.
     ("US", {"2506.09350"}),  # "allows us"
+    # An acronym ending in S loses it too (and would find "TT"): no fixture has "TT".
     ("TTS", {"2405.15216"}),
+    ("tts", {"2405.15216"}),
 ]
 
 
@@ -229,6 +248,18 @@ def test_query_finds_expected_papers(index, query, expected, sort):
 @pytest.mark.parametrize(("query", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_count_is_the_number_of_matches(index, query, expected):
     assert index.count(parse_query(query)) == len(expected)
+
+
+# Ordinary words ending in s, and the acronym-like words they would give without it.
+ORDINARY_WORDS = ["gas", "bus", "plus", "bias", "this", "us", "as", "is", "yes", "thus", "focus", "corpus", "status", "pros"]
+
+
+@pytest.mark.parametrize("word", ORDINARY_WORDS)
+def test_an_ordinary_word_ending_in_s_does_not_find_it_without_the_s(word):
+    words = Paper(id="2601.00040", title=" ".join(ORDINARY_WORDS), published=_utc(2026, 1, 7))
+    # "GA", "BU", "PLU", "THU" (Tsinghua), "PRO"...: each a plausible acronym.
+    singulars = Paper(id="2601.00041", title=" ".join(w[:-1].upper() for w in ORDINARY_WORDS), published=_utc(2026, 1, 8))
+    assert search_ids(PaperIndex([words, singulars]), word) == [words.id]
 
 
 def test_count_applies_the_filters(index):

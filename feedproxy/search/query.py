@@ -34,9 +34,11 @@ Decisions the spec leaves open:
 - A word that splits into several tokens without hyphens ("llama3.1", "e.g.")
   is searched as a phrase of them.
 - The plural of an acronym is its singular, which Snowball alone would not make
-  it: "LLMs", "llms", "LLM's" and "LLM" are one stem, "GPUs" and "GPU" another.
-  A lower-case "gpus" cannot be told from "focus" or "thus", so it keeps its s;
-  it still finds "GPUs", which the index also lists as written.
+  it: "LLMs", "llms", "LLM's" and "LLM" are one stem, "lms", "LMs" and "LM"
+  another, "GPUs", "gpus" and "GPU" a third. In lower case an acronym is told
+  from a word by its letters: two or more consonants and s ("lms"), or
+  consonants that cannot begin an English word, one vowel and s ("gpus", not
+  "thus", "plus" or "gas"); see _clean_word.
 - Curly quotes (“ ”) work like straight ones. ``AND`` is accepted and changes
   nothing. A field applies to one word or phrase, not to a parenthesised group.
 - ``-a OR b`` is an error: each side of OR must search for something, because
@@ -128,18 +130,28 @@ _COMPOUND = re.compile(rf"{_WORD}(?:-{_WORD})*")
 _MAX_RUN_PARTS = 6
 
 # Snowball removes a final s only from a word with a vowel before the letter
-# ahead of the s, so it keeps that of "LLMs" and "GPUs": the plural of an
-# acronym loses its s before stemming. Capitals then a lower-case s mark one ("LLMs", "GPUs",
-# "H100s"); text is searched in lower case, so _tokens gives these back their
-# capitals. Whatever its case, a word of four or more consonants ending in s is
-# one too ("llms", "LLMS", "PhDs"; y counts as a vowel): shorter ones are more
-# often acronyms that end in S ("TTS", "SDS", "GPS"), and "sos", "gas" or "us"
-# have a vowel. (The lookbehind stands where a leading \b would, so that a
-# search can skip ahead to capitals: three times faster.)
+# ahead of the s, and never after a u ("focus"), so it keeps that of "LLMs", "LMs"
+# and "GPUs": the plural of an acronym loses its s before stemming, in index and
+# query alike. Capitals then a lower-case s mark one ("LLMs", "GPUs", "H100s");
+# text is searched in lower case, so _tokens gives these back their capitals.
+# Whatever its case, a word of two or more consonants ending in s is one too
+# ("lms", "llms", "LMS", "PhDs"; y counts as a vowel): no English word is
+# written so, though an acronym that ends in S then also finds the one without it
+# ("TTS" finds "TT", "RMS" finds "RM"). (The lookbehind stands where a leading \b
+# would, so that a search can skip ahead to capitals: three times faster.)
 _ACRONYM_PLURAL = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z0-9]+s\b")
 # Not after another s: "llmss" would lose one s each time it is analysed, and the normalised
 # query must read back as the same query.
-_VOWEL_LESS_PLURAL = re.compile(r"[b-df-hj-np-tv-xz]{3,}(?<!s)s")
+_VOWEL_LESS_PLURAL = re.compile(r"[b-df-hj-np-tv-xz]{2,}(?<!s)s")
+# In lower case, two or more consonants, one vowel and s are an acronym's plural ("gpus", "vlas",
+# "fpgas", "dpos") when those consonants cannot begin an English word: "this", "thus", "plus" and
+# "pros" keep their s, as do "gas", "bus", "us" (fewer consonants) and "focus" (more vowels).
+_ONE_VOWEL_PLURAL = re.compile(r"([b-df-hj-np-tv-xz]{2,})[aeiou]s")
+_WORD_ONSETS = frozenset({
+    "bl", "br", "ch", "cl", "cr", "dr", "dw", "fl", "fr", "gh", "gl", "gn", "gr", "kl", "kn", "kr", "kw", "ph", "pl",
+    "pr", "ps", "rh", "sc", "sh", "sk", "sl", "sm", "sn", "sp", "st", "sv", "sw", "th", "tr", "ts", "tw", "wh", "wr",
+    "zh", "chr", "phr", "sch", "scr", "shr", "sph", "spl", "spr", "str", "thr",
+})  # fmt: skip
 
 
 @functools.cache
@@ -171,7 +183,17 @@ def _clean_word(word: str) -> str:
     word = word.replace("'", "")
     if _VOWEL_LESS_PLURAL.fullmatch(word):
         return word[:-1]
+    one_vowel = _ONE_VOWEL_PLURAL.fullmatch(word)
+    if one_vowel and one_vowel.group(1) not in _WORD_ONSETS:
+        return word[:-1]
     return word[:-1].lower() if _has_capitals(word) else word
+
+
+def _joined(words: list[str]) -> str:
+    """Return a compound's cleaned words joined, as the one word they make ("x-lms" and "xlms" are "xlm")."""
+    # Joined, "b-cs" ends as a plural that "cs" alone is not: cleaning again makes the joined word
+    # read back as itself, so a query written joined in its normalised form is the same query.
+    return _clean_word("".join(words)) if len(words) > 1 else words[0]
 
 
 def _has_capitals(word: str) -> bool:
@@ -285,9 +307,9 @@ class TextAnalyser:
     def _runs(self, words: list[str], parts: tuple[str, ...]) -> tuple[Compound, ...]:
         """Return the joined stems of a compound's runs of parts (none for a single word)."""
         if len(words) > _MAX_RUN_PARTS:
-            return (Compound(self._stem("".join(words)), parts),)
+            return (Compound(self._stem(_joined(words)), parts),)
         return tuple(
-            Compound(self._stem("".join(words[start:end])), parts[start:end])
+            Compound(self._stem(_joined(words[start:end])), parts[start:end])
             for start, end in itertools.combinations(range(len(words) + 1), 2)
             if end - start > 1
         )
@@ -300,7 +322,7 @@ def tokenize(text: str) -> list[str]:
         parts = [_clean_word(w) for w in token.split("-")]
         words.extend(parts)
         if len(parts) > 1:
-            words.append("".join(parts))
+            words.append(_joined(parts))
     return words
 
 
@@ -311,7 +333,7 @@ def query_words(text: str) -> tuple[tuple[str, str], ...]:
     """
     pairs = []
     for token in _tokens(text):
-        word = "".join(_clean_word(w) for w in token.split("-"))
+        word = _joined([_clean_word(w) for w in token.split("-")])
         pairs.append((word, stem(word)))
     return tuple(pairs)
 

@@ -20,8 +20,9 @@ import re
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ SNAPSHOT_NAME = "snapshot.json.gz"
 FAILURE_NAME = "failure.json"
 CHECKED_NAME = "checked.json"
 LOCK_NAME = "refresh.lock"
+SERVED_NAME = "served.json"
+SERVED_LOCK_NAME = "served.lock"
 # save() writes these two keys first: the source can be read without parsing the papers.
 _SOURCE_AT_START = re.compile(rb'\{"format": \d+, "source": ("(?:[^"\\]|\\.)*")')
 
@@ -55,6 +58,39 @@ def code_fingerprint() -> str:
 
 
 CODE_FINGERPRINT = code_fingerprint()
+
+
+def output_fingerprint() -> str:
+    """A hash of everything that shapes what is served: the whole package (code, templates, static files)
+    and the libraries that write the XML. An upgrade that changes it may change a feed's bytes for the
+    same data, so it moves Last-Modified (see served_change_time)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent.parent
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for library in ("feedgen", "lxml"):
+        try:
+            digest.update(f"{library}={metadata.version(library)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    return digest.hexdigest()[:16]
+
+
+OUTPUT_FINGERPRINT = output_fingerprint()
+
+
+def served_change_time(changed_at: datetime, code: str | None, since: datetime) -> datetime:
+    """The Last-Modified this code gives saved data that changed at ``changed_at``, as recorded by ``code``
+    (None: unknown), when this code first served from the folder at ``since`` (SnapshotFile.first_served).
+
+    Data recorded by other code was served as other bytes: it is new to this code, later than both.
+    Never earlier than ``since``: code rolled back to an older version serves other bytes than the
+    version it replaced, whatever that version recorded. Every process of one code works this out alike.
+    """
+    if code != OUTPUT_FINGERPRINT:
+        changed_at = changed_at.replace(microsecond=0) + timedelta(seconds=1)
+    return max(changed_at, since)
 # What an index cache may hold: loading it through _IndexUnpickler refuses any other class or function,
 # so a planted file cannot make the service run code (pickle.load would call whatever it names).
 INDEX_GLOBALS = frozenset({
@@ -101,6 +137,8 @@ class SavedIndex:
     validators: Validators = NO_VALIDATORS
     changed_at: datetime | None = None  # when this version was first seen (None: fetched_at)
     code: str = CODE_FINGERPRINT
+    # The OUTPUT_FINGERPRINT of the code that recorded changed_at (None: from before it was kept).
+    output_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +153,8 @@ class SavedSnapshot:
     validators: Validators = NO_VALIDATORS
     # When this content was first seen (feeds' Last-Modified); files from before it was kept: fetched_at.
     changed_at: datetime | None = None
+    # The OUTPUT_FINGERPRINT of the code that saved it (None: files from before it was kept).
+    code: str | None = None
 
     def __post_init__(self) -> None:
         if self.changed_at is None:
@@ -168,6 +208,7 @@ class SnapshotFile:
             "source": saved.source,
             "fetched_at": saved.fetched_at.isoformat(),
             "changed_at": saved.changed_at.isoformat(),
+            "code": OUTPUT_FINGERPRINT,  # changed_at is this code's: other code serves other bytes
             "papers": [_paper_to_json(p) for p in saved.papers],
             "validators": saved.validators.to_json(),
         }
@@ -221,9 +262,10 @@ class SnapshotFile:
             if fetched_at is None:
                 raise InvalidValue("no valid fetched_at")
             papers = tuple(_paper_from_json(p) for p in document["papers"])
+            code = document.get("code")
             return SavedSnapshot(str(document.get("source", "")), fetched_at, papers,
                                  Validators.from_json(document.get("validators")),
-                                 parse_timestamp(document.get("changed_at")))
+                                 parse_timestamp(document.get("changed_at")), code if isinstance(code, str) else None)
         except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             aside = self.move_aside()
             raise StorageError(
@@ -237,6 +279,7 @@ class SnapshotFile:
 
     def save_index(self, saved: SavedIndex) -> None:
         """Write the index cache atomically (written by this process from its own data only); drop older code's."""
+        saved = replace(saved, output_code=OUTPUT_FINGERPRINT)
         self._write_atomically(self.index_path, pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL))
         for stale in self.dir.glob("index*.pickle"):
             if stale != self.index_path:
@@ -270,6 +313,35 @@ class SnapshotFile:
         if not isinstance(saved, SavedIndex) or saved.code != CODE_FINGERPRINT:
             return None
         return saved
+
+    def first_served(self, now: datetime) -> datetime:
+        """When this code (OUTPUT_FINGERPRINT) began serving from this folder: recorded by its first process.
+
+        Every process of one code gets the same time, across workers and restarts; code unlike the
+        last recorded (an upgrade, or a rollback) records ``now``, always later than the last record.
+        """
+        self.ensure_dir()
+        try:
+            with open(self.dir / SERVED_LOCK_NAME, "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held for one small read and write
+                code, since = self._load_served()
+                if code == OUTPUT_FINGERPRINT and since is not None:
+                    return since
+                moment = now.replace(microsecond=0)
+                if since is not None and moment <= since:
+                    moment = since.replace(microsecond=0) + timedelta(seconds=1)
+                body = json.dumps({"code": OUTPUT_FINGERPRINT, "since": moment.isoformat()}).encode()
+                self._write_atomically(self.dir / SERVED_NAME, body)
+                return moment
+        except OSError as exc:
+            raise StorageError(f"storage: cannot record the code serving {self.dir}: {exc.strerror}") from None
+
+    def _load_served(self) -> tuple[str | None, datetime | None]:
+        try:
+            data = json.loads((self.dir / SERVED_NAME).read_bytes())
+            return str(data["code"]), parse_timestamp(data["since"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None, None
 
     def save_failure(self, state: FailureRun | None) -> None:
         """Record the run of failures (None: the upstream answered again, forget it)."""

@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Sequence
 from feedproxy.errors import (NoData, RefresherCannotSave, RefresherError, RefresherStopped, StorageError,
                               UpstreamBadData, UpstreamError, upstream_outcome)
 from feedproxy.heap import release_free_memory
-from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile
+from feedproxy.store.files import SavedIndex, SavedSnapshot, SnapshotFile, served_change_time
 from feedproxy.store.policy import RefreshState
 from feedproxy.store.window import content_version, dated_in_future, merge_window, window_start
 from feedproxy.upstream.daily_papers import ListingSource
@@ -148,6 +148,8 @@ class SnapshotStore:
         self._take_up_lock = threading.RLock()
         self._looked_at_mtime: float | None = None  # the saved file a cold request last tried to take up
         self._loaded_mtime: float | None = None  # the saved file we last read or wrote
+        # When this code began serving from the folder, before it records any change time of its own.
+        self._first_served = self._record_first_served() if storage is not None else None
         if storage is not None and load_saved:
             self._load_saved()
 
@@ -476,7 +478,10 @@ class SnapshotStore:
             return
         papers = merge_window((), saved.papers, self.window, self.clock(), self.max_papers)
         # The window may have dropped papers since it was saved: that is new content, first seen now.
-        changed_at = saved.changed_at if len(papers) == len(saved.papers) else self._next_change_time(self.clock())
+        if len(papers) == len(saved.papers):
+            changed_at = self._served_change_time(saved.changed_at, saved.code)
+        else:
+            changed_at = self._next_change_time(self.clock())
         if self._snapshot is not None and content_version(papers) == self._snapshot.version:
             self._snapshot = replace(self._snapshot.checked_again(saved.fetched_at, saved.validators),
                                      changed_at=changed_at)
@@ -518,11 +523,22 @@ class SnapshotStore:
         self._loaded_mtime = mtime
         self.saved_snapshot_ignored = None  # another process saved our own snapshot in its place
         self._snapshot = Snapshot(cached.index.papers, cached.fetched_at, cached.version, cached.index,
-                                  cached.changed_at, cached.validators)
+                                  self._served_change_time(cached.changed_at, cached.output_code), cached.validators)
         self._adopted(cached.fetched_at, "index cache")
         del cached
         release_free_memory()  # unpickling, and the index this one replaces, leave freed heap behind
         return True
+
+    def _record_first_served(self) -> datetime:
+        try:
+            return self.storage.first_served(self.clock())
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return self.clock().replace(microsecond=0)  # this process's own, then
+
+    def _served_change_time(self, changed_at: datetime, code: str | None) -> datetime:
+        """The Last-Modified of saved data here: later than recorded when other code recorded it (files)."""
+        return served_change_time(changed_at, code, self._first_served)
 
     def _saved_index(self) -> SavedIndex:
         snapshot = self._snapshot
