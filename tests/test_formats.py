@@ -337,3 +337,24 @@ def test_paper_entries_are_built_without_feedgens_entry_objects(monkeypatch):
     papers = _papers_of_every_shape()[:5]
     for fmt in ("atom", "rss"):
         assert FORMATS[fmt].render(info, papers, None).count(papers[0].url.encode()) >= 1
+
+
+def test_the_entry_cache_never_hashes_a_paper(items, monkeypatch):
+    """Hashing a Paper hashes all its fields: the cache looks entries up by id and keeps the Paper to
+    compare, so a feed of 50 cached entries costs 50 string lookups. An equal Paper from a new
+    snapshot is a hit, not a new render."""
+    from dataclasses import replace
+
+    from feedproxy.render.formats import EntryCache
+    from feedproxy.upstream.papers import Paper, paper_from_item
+
+    def no_hash(paper):
+        raise AssertionError("a Paper was hashed")
+
+    monkeypatch.setattr(Paper, "__hash__", no_hash)
+    cache, calls = EntryCache(), []
+    render = lambda p: calls.append(p.id) or p.title.encode()  # noqa: E731
+    papers = [paper_from_item(item) for item in items[:3]]
+    first = [cache.get("atom", p, render) for p in papers]
+    again = [cache.get("atom", replace(p), render) for p in papers]  # equal, not the same objects
+    assert first == again == [p.title.encode() for p in papers] and len(calls) == 3

@@ -21,7 +21,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from html import escape
 from typing import Callable, Iterable, Mapping, Sequence
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from cachetools import LRUCache
 from feedgen.feed import FeedGenerator
@@ -126,18 +126,32 @@ def _why_html(paper: Paper, info: FeedInfo) -> str:
 def _more_html(paper: Paper, info: FeedInfo) -> str:
     if not info.base_url:
         return ""
-    href = info.base_url + "feed?" + urlencode({"similar": paper.id}, quote_via=quote)
+    href = info.base_url + "feed?similar=" + quote(paper.id, safe="")  # what urlencode writes, without its cost
     return f'<p><a href="{escape(href, quote=True)}">More like this</a></p>'
 
 
-def _filled(fmt: str, entry: bytes, paper: Paper, info: FeedInfo) -> bytes:
+_SLOTS = (WHY_SLOT.encode(), MORE_SLOT.encode())
+
+
+def _cut_at_slots(entry: bytes) -> tuple[bytes, ...]:
+    """A rendered entry as (before, between, after) its two slots, so a feed fills them with a join
+    instead of two scans of the entry; (entry,) when it has no slots."""
+    before, why, rest = entry.partition(_SLOTS[0])
+    between, more, after = rest.partition(_SLOTS[1])
+    return (before, between, after) if why and more else (entry,)
+
+
+def _filled(fmt: str, parts: tuple[bytes, ...], paper: Paper, info: FeedInfo) -> bytes:
     """A cached entry's slots filled for this feed, escaped as the format escapes the content."""
+    if len(parts) == 1:
+        return parts[0]
     why, more = _why_html(paper, info), _more_html(paper, info)
     if fmt == "json":
         encode = lambda html: json.dumps(html, ensure_ascii=False)[1:-1]  # noqa: E731
     else:
         encode = lambda html: escape(html, quote=False)  # noqa: E731 - as lxml escapes element text
-    return entry.replace(WHY_SLOT.encode(), encode(why).encode(), 1).replace(MORE_SLOT.encode(), encode(more).encode(), 1)
+    before, between, after = parts
+    return b"".join((before, encode(why).encode(), between, encode(more).encode(), after))
 
 
 def _feed_generator(info: FeedInfo) -> FeedGenerator:
@@ -158,12 +172,15 @@ class EntryCache:
     """Rendered entries by format and paper, bounded by bytes; the app keeps one for all its feeds.
 
     An entry depends only on its paper, so a paper in many feeds (every recent
-    paper is) is rendered once; a feed is its head plus cached entries. Keyed by
-    the Paper value, so a paper whose data changes is rendered anew.
+    paper is) is rendered once; a feed is its head plus cached entries. Looked up
+    by the paper's id and kept with the Paper it was made from: the same object
+    (or an equal one, after a refresh) is a hit, a paper whose data changed is
+    rendered anew. Hashing a Paper (all its fields) for every entry of every
+    feed cost more than the lookup itself.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_ENTRY_CACHE_BYTES):
-        self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda held: held[2])
         self._lock = threading.Lock()
 
     @property
@@ -171,22 +188,40 @@ class EntryCache:
         return self._cache.maxsize
 
     def get(self, fmt: str, paper: Paper, render: Callable[[Paper], bytes]) -> bytes:
-        key = (fmt, paper)
+        """The paper's entry in format ``fmt``, rendered by ``render`` unless held."""
+        return b"".join(self.get_parts(fmt, [paper], lambda p: (render(p),))[0])
+
+    def get_parts(self, fmt: str, papers: Sequence[Paper],
+                  render: Callable[[Paper], tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
+        """Each paper's entry as ``render`` cuts it, from the cache or rendered (outside the lock) and kept."""
+        found: list[tuple[bytes, ...] | None] = []
         with self._lock:
-            found = self._cache.get(key)
-        if found is None:
-            found = render(paper)
+            for paper in papers:
+                held = self._cache.get((fmt, paper.id))
+                if held is not None and held[0] is not paper:
+                    if held[0] == paper:  # the same data in a new object (a new snapshot): keep the new one
+                        held = self._cache[(fmt, paper.id)] = (paper, held[1], held[2])
+                    else:
+                        held = None
+                found.append(None if held is None else held[1])
+        missing = [n for n, parts in enumerate(found) if parts is None]
+        if missing:
+            made = {n: render(papers[n]) for n in missing}
             with self._lock:
-                if len(found) <= self._cache.maxsize:
-                    self._cache[key] = found
+                for n, parts in made.items():
+                    found[n] = parts
+                    size = sum(map(len, parts)) + 64
+                    if size <= self._cache.maxsize:
+                        self._cache[(fmt, papers[n].id)] = (papers[n], parts, size)
         return found
 
 
 def _entries(fmt: str, papers: Sequence[Paper], render: Callable[[Paper], bytes], cache: EntryCache | None,
              info: FeedInfo) -> list[bytes]:
     """Each paper's rendered entry, its slots filled: from the cache when one is given (the same bytes either way)."""
-    rendered = [render(p) for p in papers] if cache is None else [cache.get(fmt, p, render) for p in papers]
-    return [_filled(fmt, entry, paper, info) for entry, paper in zip(rendered, papers)]
+    cut = lambda paper: _cut_at_slots(render(paper))  # noqa: E731
+    rendered = [cut(p) for p in papers] if cache is None else cache.get_parts(fmt, papers, cut)
+    return [_filled(fmt, parts, paper, info) for parts, paper in zip(rendered, papers)]
 
 
 def _escape_text(text: str) -> str:

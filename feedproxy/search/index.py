@@ -255,11 +255,11 @@ class PaperIndex:
             found[paper_id] = rows
         return found
 
-    def concepts_near(self, root: Node, paper_id: str) -> list[tuple[str, float]]:
-        """For each concept searched for that paper ``paper_id`` is near: its text and how near."""
+    def concepts_near(self, concepts: Sequence[Concept], paper_id: str) -> list[tuple[str, float]]:
+        """For each of ``concepts`` (a query's concept_leaves) that paper ``paper_id`` is near: its text and how near."""
         number = self.number_of(paper_id)
         near = []
-        for concept in concept_leaves(root):
+        for concept in concepts:
             score = float(self.concept_scores(concept)[number])
             if score >= (DEFAULT_MIN_ZSCORE if concept.min_score is None else concept.min_score):
                 near.append((concept.text, score))

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from feedproxy.errors import BadParameter
 from feedproxy.search.index import concept_text, hours_between, trending_score
-from feedproxy.search.query import And, Concept, Query
+from feedproxy.search.query import And, Concept, Query, concept_leaves
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.window import window_start
 from feedproxy.upstream.papers import Paper, recency
@@ -120,13 +120,14 @@ def explain_matches(snapshots: Sequence[Snapshot], query: Query, papers: Sequenc
     if query.root is None:
         return {}
     similar_text = concept_text(_paper(snapshots, similar)) if similar else None
+    concepts = concept_leaves(query.root)  # once, not per paper
     why: dict[str, str] = {}
     remaining = [paper.id for paper in papers]
     for snapshot in snapshots:
         held = snapshot.index.fields_matched(query.root, remaining)
         for paper_id, rows in held.items():
             parts = [f"{_shown(leaf)} in {', '.join(fields)}" for leaf, fields in rows if fields]
-            for text, score in snapshot.index.concepts_near(query.root, paper_id):
+            for text, score in snapshot.index.concepts_near(concepts, paper_id):
                 label = f"paper {similar}" if text == similar_text else f'~"{text}"'
                 parts.append(f"near {label} in meaning ({score:.1f} σ)")
             if parts:
