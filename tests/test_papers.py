@@ -154,3 +154,23 @@ def test_sizes_no_paper_reaches_are_capped_at_parse_time(items):
     assert len(paper.authors) == MAX_AUTHORS and paper.authors[0] == "Author 0"
     assert len(paper.ai_keywords) == MAX_KEYWORDS and len(paper.title) == MAX_TITLE_CHARS
     assert len(paper.abstract) <= MAX_TEXT_CHARS and len(paper.ai_summary) == MAX_TEXT_CHARS
+
+
+def test_stripping_agrees_with_the_xml_rule_for_every_code_point(monkeypatch):
+    """Printable text skips the regular expression: check no code point is printable yet forbidden,
+    and that printable text never reaches the expression."""
+    import sys
+
+    from feedproxy.upstream import papers
+
+    forbidden = papers._XML_FORBIDDEN
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    assert strip_xml_forbidden(every) == forbidden.sub("", every)
+    assert not [c for c in every if c.isprintable() and forbidden.match(c)]
+
+    class Refused:
+        def sub(self, replacement, text):
+            raise AssertionError("printable text went through the regular expression")
+
+    monkeypatch.setattr(papers, "_XML_FORBIDDEN", Refused())
+    assert strip_xml_forbidden("Pre-Trained Transformers, ∑ and 日本語") == "Pre-Trained Transformers, ∑ and 日本語"

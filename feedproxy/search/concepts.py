@@ -75,7 +75,11 @@ class ConceptModel:
         texts = list(texts)
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
         last = self.table.shape[0] - 1
-        for row, encoding in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+        if len(texts) == 1:  # a query: encode_batch would hand it to the tokenizer's thread pool and wait
+            encodings = [self.tokenizer.encode(texts[0], add_special_tokens=False)]
+        else:
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        for row, encoding in enumerate(encodings):
             ids = np.asarray(encoding.ids, dtype=np.intp)
             if ids.size:
                 np.clip(ids, 0, last, out=ids)

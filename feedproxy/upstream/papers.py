@@ -37,8 +37,13 @@ def is_arxiv_id(text: str) -> bool:
 
 
 def strip_xml_forbidden(text: str) -> str:
-    """Remove characters that XML 1.0 cannot carry, keeping everything else."""
-    return _XML_FORBIDDEN.sub("", text)
+    """Remove characters that XML 1.0 cannot carry, keeping everything else.
+
+    Every such character (C0 controls, surrogates, U+FFFE, U+FFFF) is unprintable to Python, so
+    printable text, nearly every title and abstract, skips the regular expression (which was 8%
+    of a worker's time rendering new entries).
+    """
+    return text if text.isprintable() else _XML_FORBIDDEN.sub("", text)
 
 
 def clean_text(value: object) -> str:
