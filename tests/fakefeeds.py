@@ -153,33 +153,27 @@ class FakeFeeds:
                     self.close_connection = True
 
             def _drip_body(self, route: Route) -> None:
-                ended = "cut short"
-                try:
-                    for i in range(len(route.body)):
-                        time.sleep(route.drip)
-                        self.wfile.write(route.body[i : i + 1])
-                        self.wfile.flush()
-                    ended = "whole"
-                finally:
-                    with fake._head_ended:
-                        fake.bodies.append(ended)
-                        fake._head_ended.notify_all()
+                self._drip(route.body, route.drip, fake.bodies)
 
             def _drip_head(self, route: Route, headers: list[tuple[str, str]]) -> None:
                 self.wfile.write(f"HTTP/1.1 {route.status} {self.responses[route.status][0]}\r\n".encode())
                 self.wfile.flush()
                 head = "".join(f"{key}: {value}\r\n" for key, value in headers) + "Connection: close\r\n\r\n"
                 self.close_connection = True
+                self._drip(head.encode(), route.drip_headers, fake.heads)
+
+            def _drip(self, data: bytes, delay: float, endings: list[str]) -> None:
+                """Send ``data`` a byte every ``delay`` seconds; record in ``endings`` whether it all went out."""
                 ended = "cut short"
                 try:
-                    for byte in head.encode():
-                        time.sleep(route.drip_headers)
-                        self.wfile.write(bytes([byte]))
+                    for i in range(len(data)):
+                        time.sleep(delay)
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                     ended = "whole"
                 finally:
                     with fake._head_ended:
-                        fake.heads.append(ended)
+                        endings.append(ended)
                         fake._head_ended.notify_all()
 
         return Handler
