@@ -37,6 +37,11 @@ class Stopped(BaseException):
 
 
 def _stop(signum: int, frame) -> None:
+    # Once: a second signal (the worker's SIGTERM from PR_SET_PDEATHSIG after the service manager's,
+    # or Ctrl-C's SIGINT and then the worker's) would otherwise raise again while the child unwinds or
+    # while the interpreter shuts down, printing a traceback for a stop that is already under way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Stopped(signal.Signals(signum).name)
 
 

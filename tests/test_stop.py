@@ -112,3 +112,22 @@ def test_a_second_stop_signal_does_not_reenter_the_workers_quick_stop(tmp_path, 
         for s, handler in saved.items():
             signal.signal(s, handler)
     assert calls == [signal.SIGINT]
+
+
+def test_the_childs_stop_is_taken_once():
+    """A refresher child can get two stop signals (the service manager's SIGTERM, then its worker's
+    through PR_SET_PDEATHSIG): the second must not raise again while the first unwinds or while the
+    interpreter shuts down ("Exception ignored ... Stopped: SIGTERM" on stderr, seen in a make test run)."""
+    from feedproxy import refresher
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, refresher._stop)
+        with pytest.raises(refresher.Stopped, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the second: ignored
+        os.kill(os.getpid(), signal.SIGINT)
+        assert {signal.getsignal(s) for s in saved} == {signal.SIG_IGN}
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
