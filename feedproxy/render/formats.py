@@ -187,10 +187,6 @@ class EntryCache:
     def max_bytes(self) -> int:
         return self._cache.maxsize
 
-    def get(self, fmt: str, paper: Paper, render: Callable[[Paper], bytes]) -> bytes:
-        """The paper's entry in format ``fmt``, rendered by ``render`` unless held."""
-        return b"".join(self.get_parts(fmt, [paper], lambda p: (render(p),))[0])
-
     def get_parts(self, fmt: str, papers: Sequence[Paper],
                   render: Callable[[Paper], tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
         """Each paper's entry as ``render`` cuts it, from the cache or rendered (outside the lock) and kept."""
