@@ -15,12 +15,12 @@ import sys
 
 # One thread for numpy's BLAS (OpenBLAS), set before anything imports numpy: its matrix-vector
 # product over 9,877 embeddings takes a fraction of a millisecond, and a pool of one thread per
-# core in each worker, next to 4 request threads per worker, only competes with them for the cores.
+# core in each worker only competes with the workers (one per core) for the cores.
 # An operator's value wins.
 for _blas_threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas_threads, "1")
 
-from feedproxy.config import Config  # noqa: E402 - after the BLAS setting
+from feedproxy.config import DEFAULT_THREADS, Config  # noqa: E402 - after the BLAS setting
 from feedproxy.errors import ConfigError  # noqa: E402
 from feedproxy.heap import limit_arenas  # noqa: E402
 from feedproxy.http.metricsfolder import FOLDER_SETTING, metrics_root, prepare_worker  # noqa: E402
@@ -50,13 +50,18 @@ limit_arenas()
 # All interfaces, as Procfile platforms need. With nginx on the same host, listen on loopback
 # only with GUNICORN_CMD_ARGS=--bind=127.0.0.1:8000 (gunicorn lets it override this file).
 bind = f"0.0.0.0:{_whole('PORT', 8000, 1, 65535)}"
+# One worker per core, each answering one request at a time (gunicorn's sync worker, its own advice
+# behind a buffering proxy such as nginx). A query is CPU work under the GIL: threads in a worker only
+# queue for it, so a request on 4 threads measured 4 times longer server side (concept queries on
+# 16 connections: median 42.8 ms against 10.2 ms with one thread) for less throughput (132 a second
+# against 151). GUNICORN_THREADS above 1 selects the gthread worker (keep-alive; no proxy in front).
 workers = _whole("WEB_CONCURRENCY", 2, 1, 64)
-threads = _whole("GUNICORN_THREADS", 4, 1, 64)  # more than 1 selects the gthread worker
+threads = _whole("GUNICORN_THREADS", DEFAULT_THREADS, 1, 64)
 
-# A sync worker (GUNICORN_THREADS=1) is killed when one request outlasts `timeout`;
-# the slowest request is a cold start's first, which waits for the first fetch
-# (at most connect + 2 x read seconds per upstream page). Keep a minute above one
-# page's deadline. gthread workers (the default) keep their heartbeat regardless.
+# A sync worker (the default) is killed when one request outlasts `timeout`. No request waits
+# for the upstream (a cold worker answers 503 at once and fetches in a background thread);
+# still keep a minute above one upstream page's deadline (connect + 2 x read seconds) so a
+# setting of long upstream timeouts never turns a slow moment into killed workers.
 _page_deadline = feedproxy_config.connect_timeout + 2 * feedproxy_config.read_timeout
 timeout = max(120, math.ceil(_page_deadline) + 60)
 graceful_timeout = 25  # below the stop timeouts of systemd (90 s) and Procfile platforms (often 30 s)

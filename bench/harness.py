@@ -37,6 +37,7 @@ RESULTS = BENCH / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from feedproxy.config import DEFAULT_THREADS  # noqa: E402
 from tests.fakeupstream import FakeUpstream  # noqa: E402
 
 # The scenario of issue 7: a window holding the whole corpus.
@@ -169,7 +170,12 @@ class Gunicorn:
 
     @property
     def threads(self) -> int:
-        return int(self.env.get("GUNICORN_THREADS") or 4)
+        return int(self.env.get("GUNICORN_THREADS") or DEFAULT_THREADS)
+
+    @property
+    def worker_kind(self) -> str:
+        """How each worker serves: "1 thread (sync worker)" or "4 threads (gthread worker)"."""
+        return f"{self.threads} threads (gthread worker)" if self.threads > 1 else "1 thread (sync worker)"
 
     def worker_pids(self) -> list[int]:
         """The pids of the master's children (its workers), from /proc."""

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         upstream.stop()
     results["threads_per_worker"] = server.threads
+    results["workers"] = server.worker_kind
     results["load_average_at_end"] = harness.load_average()
     results["run_seconds"] = time.monotonic() - began
 
@@ -175,7 +176,7 @@ def render_report(r: dict, options) -> str:
         f"| upstream requests during the run | {r['upstream_requests']} |",
         "",
         f"Measured by `python bench/load.py` (run by `make bench`) with {r['corpus']}, 2 workers × "
-        f"{r['threads_per_worker']} threads; load average {r['load_average_before']} before the run, "
+        f"{r['workers']}; load average {r['load_average_before']} before the run, "
         f"{r['load_average_at_end']} after. Environment as above.",
     ]
     return "\n".join(lines)

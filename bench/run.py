@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         results["cold_start_upstream_requests"] = len(upstream.requests)
         results["child_build"] = child_build_timing(server)
         results["threads_per_worker"] = server.threads
+        results["workers"] = server.worker_kind
         say(f"bench: {expected:,} papers served {results['cold_start_s']:.1f} s after start, "
             f"from {len(upstream.requests)} upstream requests")
         time.sleep(1)
@@ -698,7 +699,7 @@ def render_report(r: dict) -> str:
         f"Load average (1, 5, 15 min) {e['load_average_at_start']} at start, {r['load_average_at_end']} at end; "
         f"wrk runs on the same 2 cores as the server.",
         f"Corpus: {r['corpus']} ({r['papers']:,} papers in the window); gunicorn: 2 workers × "
-        f"{r['threads_per_worker']} threads (gthread), cold start from the fake upstream "
+        f"{r['workers']}, cold start from the fake upstream "
         f"{r['cold_start_s']:.1f} s ({r['cold_start_upstream_requests']} requests). Load: {r['wrk']}, "
         f"Accept-Encoding: gzip ({hit['server']['cache'].get('hit', 0):,} of "
         f"{hit['server']['requests']:,} logged requests were cache hits; "

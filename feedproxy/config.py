@@ -18,6 +18,8 @@ from feedproxy.errors import ConfigError
 from feedproxy.numbers import parse_whole_number
 
 DEFAULT_UPSTREAM_URL = "https://huggingface.co/api/daily_papers"
+# gunicorn threads per worker when GUNICORN_THREADS is unset: 1 is the sync worker (gunicorn.conf.py says why).
+DEFAULT_THREADS = 1
 
 
 def default_data_dir() -> Path:

@@ -375,10 +375,10 @@ def test_honcho_runs_the_procfile_with_gunicorn_conf(tmp_path, upstream):
     assert not group_alive(proc.pid)
     port = urlsplit(base).port
     assert f"Listening at: http://0.0.0.0:{port}" in log, log  # all interfaces, on honcho's $PORT
-    # gunicorn.conf.py was read: its threads select gthread (gunicorn alone would use sync workers) ...
-    assert "Using worker: gthread" in log, log
+    # One thread a worker: the sync worker; WEB_CONCURRENCY workers.
+    assert "Using worker: sync" in log, log
     assert log.count("Booting worker with pid") == 3, log
-    # ... and its control socket is off.
+    # gunicorn.conf.py was read: its control socket is off.
     assert "Control socket" not in log and "Traceback" not in log, log
 
 

@@ -42,9 +42,10 @@ def slow_upstream(upstream):
     return upstream
 
 
-def _start(upstream, data_dir: Path) -> subprocess.Popen:
+def _start(upstream, data_dir: Path, threads: str) -> subprocess.Popen:
     env = service_env({"PORT": str(free_port()), "FEEDPROXY_UPSTREAM_URL": upstream.url,
-                       "FEEDPROXY_WINDOW_DAYS": "1000", "FEEDPROXY_DATA_DIR": str(data_dir)})
+                       "FEEDPROXY_WINDOW_DAYS": "1000", "FEEDPROXY_DATA_DIR": str(data_dir),
+                       "GUNICORN_THREADS": threads})
     # Its own session and group, as a terminal gives `make run`: Ctrl-C signals the whole group.
     return subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -65,9 +66,10 @@ def _left_in(folder: Path) -> set[str]:
     return {p.name for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["sync worker (default)", "gthread worker"])
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm to the master"])
-def test_stopping_during_a_refresh_is_quick_and_clean(slow_upstream, tmp_path, how):
-    proc = _start(slow_upstream, tmp_path)
+def test_stopping_during_a_refresh_is_quick_and_clean(slow_upstream, tmp_path, how, threads):
+    proc = _start(slow_upstream, tmp_path, threads)
     try:
         _wait_until(lambda: _refresher_children(proc.pid), 20, "a refresher child started")
         # The child is fetching once the upstream has its request (its stop handlers are in place by
@@ -83,6 +85,7 @@ def test_stopping_during_a_refresh_is_quick_and_clean(slow_upstream, tmp_path, h
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in log and "SIGKILL" not in log, log
+    assert f"Using worker: {'sync' if threads == '1' else 'gthread'}" in log, log
     assert "refresh stopped source=hf-daily" in log, log
     assert "refresh failed" not in log, log  # a stop is no failure of the upstream
     left = _left_in(tmp_path / "hf-daily")
