@@ -13,7 +13,9 @@ import pytest
 from feedproxy.app import create_app
 from feedproxy.errors import ConceptsUnavailable
 from feedproxy.search import concepts
+from feedproxy.search.concepts import RRF_K, reciprocal_rank_fusion
 from feedproxy.search.index import PaperIndex
+from feedproxy.search.merged import SIMILAR_MIN_ZSCORE
 from feedproxy.search.query import Concept, parse_query
 from feedproxy.upstream.papers import paper_from_item
 
@@ -30,10 +32,10 @@ def test_a_concept_finds_papers_that_never_use_the_word(client):
     assert ids(client.get("/feed?q=safety&limit=500")) == []  # no paper of the sample says "safety"
     concept = set(ids(client.get("/feed?q=~safety&limit=500")))
     assert concept  # papers about safety in other words
-    keyword = set(ids(client.get("/feed?q=image&limit=500")))
-    both = ids(client.get("/feed?q=image&match=hybrid&limit=500"))
-    assert set(both) == keyword | set(ids(client.get("/feed?q=image&match=concept&limit=500")))
-    assert len(both) == len(set(both)) > len(keyword)
+    keyword = set(ids(client.get("/feed?q=3d&limit=500")))
+    both = ids(client.get("/feed?q=3d&match=hybrid&limit=500"))
+    assert set(both) == keyword | set(ids(client.get("/feed?q=3d&match=concept&limit=500")))
+    assert len(both) == len(set(both)) > len(keyword)  # a 3D paper that never writes "3D"
 
 
 def test_concepts_mix_with_every_operator(client):
@@ -43,7 +45,9 @@ def test_concepts_mix_with_every_operator(client):
     either = set(ids(client.get("/feed?q=~video%20OR%20~safety&limit=500")))
     assert either == near | set(ids(client.get("/feed?q=~safety&limit=500")))
     fielded = set(ids(client.get('/feed?q=title:agent%20~"tool%20use"&limit=500')))
-    assert fielded <= set(ids(client.get("/feed?q=title:agent&limit=500")))
+    tool_use = set(ids(client.get('/feed?q=~"tool%20use"&limit=500')))
+    titled = set(ids(client.get("/feed?q=title:agent&limit=500")))
+    assert fielded == titled & tool_use and titled - tool_use  # both hold, and the concept narrows
 
 
 @pytest.mark.parametrize("query, words", [
@@ -51,6 +55,9 @@ def test_concepts_mix_with_every_operator(client):
     ("~%20model", '"~" needs a word or a quoted phrase right after it'),
     ("-~reasoning", "the query only excludes papers"),
     ('~""', 'this "~" concept has no letters or digits'),
+    ("title:~agent", '"title:" applies to words, not to a concept (a concept is near a paper\'s whole text) '
+                     "at column 1; write title:agent ~agent, or just ~agent"),
+    ('abstract:~"tool%20use"', 'write abstract:"tool use" ~"tool use", or just ~"tool use"'),
 ])
 def test_bad_concepts_are_400_with_a_message(client, query, words):
     response = client.get(f"/feed?q={query}")
@@ -67,9 +74,16 @@ def test_match_is_validated_and_part_of_the_feeds_url(client):
 def test_similar_lists_the_papers_nearest_to_one_paper_without_it(client):
     everything = ids(client.get("/feed?limit=500"))
     paper = everything[3]
-    near = ids(client.get(f"/feed?similar={paper}&limit=5"))
-    assert near and paper not in near and len(near) <= 5
-    assert near == ids(client.get(f"/feed?similar={paper}&limit=5&sort=relevance"))
+    near = ids(client.get(f"/feed?similar={paper}&limit=500"))
+    # The papers whose embeddings are nearest the paper's, nearest first, as far as the similar= cut-off.
+    index = client.application.extensions["feedproxy.store"].peek().index
+    row = index.number_of(paper)
+    zscores = index.concepts.zscores_of_row(row)
+    nearest = [index.papers[n].id for n, _ in index.concepts.similar_to(row, k=len(index)) if n != row]
+    assert near == [i for i in nearest if zscores[index.number_of(i)] >= SIMILAR_MIN_ZSCORE]
+    assert len(near) >= 5 and paper not in near
+    assert ids(client.get(f"/feed?similar={paper}&limit=5")) == near[:5]
+    assert near == ids(client.get(f"/feed?similar={paper}&limit=500&sort=relevance"))
     unknown = client.get("/feed?similar=9999.99999")
     assert unknown.status_code == 400 and "no paper '9999.99999' in this feed's window" in unknown.text
 
@@ -137,6 +151,9 @@ def test_the_preview_marks_the_words_found_and_says_why(client):
     assert first["why"].startswith('"agent" in ') and first["similar_url"] == f"/?similar={first['id']}"
     page = client.get("/?q=agent&limit=3").data.decode()
     assert "<mark>" in page and 'class="similar" href="/?similar=' in page and 'class="why"' in page
+    near = json.loads(client.get("/preview.json?q=~reasoning&limit=3").data)["papers"]
+    assert near and all(re.fullmatch(r'near ~"reasoning" in meaning \(\d\.\d σ\)', row["why"]) for row in near), near
+    assert not any(marked for row in near for _, marked in row["title_parts"])  # no word was searched for
 
 
 def test_without_the_model_keyword_search_works_and_concepts_answer_503(upstream, clock, monkeypatch):
@@ -167,6 +184,48 @@ def test_the_concept_index_is_saved_with_the_snapshot_and_loaded_not_rebuilt(ups
     restarted = create_app(config, clock=clock).test_client()
     assert restarted.get("/feed?q=~reasoning&limit=500").data == first.data
     assert json.loads(restarted.get("/healthz").data)["concept_search"] == "ok"
+
+
+@pytest.mark.parametrize("broken", ["files missing", "load fails", "another model"])
+def test_healthz_tells_when_a_saved_index_cannot_be_searched_by_concept(upstream, clock, tmp_path, monkeypatch, broken):
+    """A worker that takes up a saved index (built where the model loaded) but cannot use the model itself:
+    /healthz says so before any concept query (files missing, another model) or after the first fails."""
+    config = make_config(upstream.url, data_dir=str(tmp_path))
+    assert create_app(config, clock=clock).test_client().get("/feed?q=~reasoning").status_code == 200
+    monkeypatch.setattr(concepts, "_load_failures", [])
+    monkeypatch.setattr(concepts.ConceptIndex, "build", _refuse_to_build)  # the saved index is taken up
+    concepts.shared_model.cache_clear()
+    concepts._installed_fingerprint.cache_clear()
+    if broken == "files missing":
+        monkeypatch.setattr(concepts, "_package_dir", lambda: tmp_path / "no-wordllama")
+        reason = "model file"
+    elif broken == "load fails":
+        monkeypatch.setattr(concepts.ConceptModel, "__init__", _refuse)
+        reason = "the model would not open"
+    else:
+        monkeypatch.setattr(concepts, "_version", lambda: "99.0")  # the same files, named by another version
+        reason = "embeddings were made by model"
+    try:
+        client = create_app(config, clock=clock).test_client()
+        assert client.get("/feed?q=agent").status_code == 200  # keyword search works throughout
+        health = json.loads(client.get("/healthz").data)["concept_search"]
+        if broken == "load fails":  # nothing tells it before a load is tried
+            assert health == "ok"
+        concept = client.get("/feed?q=~reasoning")
+        assert concept.status_code == 503 and reason in concept.text, concept.text
+        health = json.loads(client.get("/healthz").data)["concept_search"]
+        assert health.startswith("unavailable: ") and reason in health, health
+    finally:
+        concepts.shared_model.cache_clear()
+        concepts._installed_fingerprint.cache_clear()
+
+
+def _refuse(*args, **kwargs):
+    raise ConceptsUnavailable("concepts: the model would not open")
+
+
+def _refuse_to_build(*args, **kwargs):
+    raise AssertionError("the concept index was rebuilt")
 
 
 # -- What it is worth: precision and recall on a labelled set ----------------------------------------
@@ -216,21 +275,27 @@ def test_precision_and_recall_stay_above_their_floors(labelled, capsys):
     assert all(results["hybrid"][t][1] >= results["keyword"][t][1] for t in labelled[1])
 
 
-def test_the_index_fuses_rankings_as_reciprocal_rank_fusion_does(labelled):
-    """The index fuses BM25 and concept rankings over arrays; the scores are the reference function's."""
-    from feedproxy.search.concepts import reciprocal_rank_fusion
-
+@pytest.mark.parametrize("words", ["pretraining", "retrieval-augmented generation", "video diffusion"])
+def test_the_index_fuses_rankings_as_reciprocal_rank_fusion_does(labelled, words):
+    """Hybrid is reciprocal rank fusion of the keyword search's own ranking and the concept search's own:
+    a paper gets a share only from a ranking it is in (a concept match that has one of the words is no
+    keyword match, and gets nothing from BM25). The whole order, not just its top."""
     index, _ = labelled
-    query = parse_query("pretraining").matching("hybrid")
-    everything = len(index)
-    fused = [p.id for p in index.search(query, sort="relevance", limit=everything)]
-    keyword = [p.id for p in index.search(parse_query("pretraining"), sort="relevance", limit=everything)]
-    scores = index.concept_scores(Concept("pretraining"))
+
+    def ranked(query) -> list[str]:
+        return [p.id for p in index.search(query, sort="relevance", limit=len(index))]
+
+    keyword = ranked(parse_query(words))
+    concept = ranked(parse_query(words).matching("concept"))
     numbers = {p.id: n for n, p in enumerate(index.papers)}
-    by_meaning = sorted(fused, key=lambda i: (-scores[numbers[i]], numbers[i]))
-    expected = reciprocal_rank_fusion([[numbers[i] for i in keyword], [numbers[i] for i in by_meaning]])
-    assert set(fused) == {index.papers[n].id for n in expected}
-    assert fused[:20] == [index.papers[n].id for n in expected][:20]  # no ties up there
+    expected = reciprocal_rank_fusion([[numbers[i] for i in keyword], [numbers[i] for i in concept]])
+    score = {n: 0.0 for n in expected}
+    for ranking in (keyword, concept):
+        for rank, i in enumerate(ranking, 1):
+            score[numbers[i]] += 1 / (RRF_K + rank)
+    newer_first_on_ties = sorted(expected, key=lambda n: (-score[n], n))
+    assert ranked(parse_query(words).matching("hybrid")) == [index.papers[n].id for n in newer_first_on_ties]
+    assert set(keyword) - set(concept) and set(concept) - set(keyword)  # both rankings have their own papers
 
 
 def test_a_query_is_tokenized_in_the_calling_thread_and_embeds_as_in_a_batch():

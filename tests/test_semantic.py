@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import socket
@@ -110,7 +111,8 @@ def test_similarity_scores_every_row_for_fusion(index):
     assert scores[row] == pytest.approx(similarity) and scores.max() == pytest.approx(similarity)
 
 
-def test_zscores_standardise_over_the_index(index):
+def test_zscores_standardise_over_a_large_index(index, monkeypatch):
+    monkeypatch.setattr(semantic, "OWN_SPREAD_FROM", len(ITEMS))  # this index counts as large
     query = "training without a learning rate schedule"
     zscores = index.zscores(query)
     assert zscores.mean() == pytest.approx(0.0, abs=1e-5) and zscores.std() == pytest.approx(1.0, abs=1e-4)
@@ -118,9 +120,46 @@ def test_zscores_standardise_over_the_index(index):
     assert zscores.max() > semantic.DEFAULT_MIN_ZSCORE
 
 
-def test_zscores_of_identical_papers_are_zero(model):
+def test_zscores_of_identical_papers_are_zero(model, monkeypatch):
+    monkeypatch.setattr(semantic, "OWN_SPREAD_FROM", 3)
     index = ConceptIndex.build(["the same abstract"] * 3, model)
     assert index.zscores("anything").tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_small_index_measures_against_the_corpus_spread(model):
+    """Over 3 papers no z-score can pass sqrt(2) < DEFAULT_MIN_ZSCORE by the index's own spread: the
+    corpus's says how far each stands out among Daily Papers, the same whatever else the feed holds."""
+    texts = [paper_text(ITEMS[ROW[i]]) for i in ("2405.15682", "2506.09113", "2405.15032")]
+    small = ConceptIndex.build(texts, model)
+    query = "training without a learning rate schedule"
+    zscores = small.zscores(query)
+    assert zscores[0] > semantic.DEFAULT_MIN_ZSCORE > zscores[1:].max()
+    mean, covariance = semantic.corpus_spread(model.fingerprint)
+    vector = model.embed([query])[0]
+    expected = (small.embeddings @ vector - vector @ mean) / np.sqrt(vector @ covariance @ vector)
+    assert zscores == pytest.approx(expected, abs=1e-4)
+    # The same papers among others score the same.
+    other = ConceptIndex.build(texts + [paper_text(ITEMS[ROW["2608.19758"]])], model)
+    assert other.zscores(query)[:3] == pytest.approx(zscores, abs=1e-5)
+
+
+def test_the_corpus_spread_is_of_the_installed_model_and_agrees_with_a_large_index(model, monkeypatch):
+    """concept_reference.npz was made by this model (else small indexes fall back to their own spread),
+    from papers like those of a real window: over the 658 papers of the relevance set (a sample of the
+    same corpus) the index's own z-scores and the corpus's nearly agree."""
+    assert semantic.corpus_spread(model.fingerprint) is not None
+    assert semantic.corpus_spread("another-model") is None
+    relevance = Path(__file__).parent / "fixtures" / "relevance" / "papers.json.gz"
+    texts = [paper_text(item) for item in json.loads(gzip.decompress(relevance.read_bytes()))]
+    large = ConceptIndex.build(texts, model)
+    assert len(large) >= semantic.OWN_SPREAD_FROM
+    for query in ("reinforcement learning for reasoning", "video generation", "robot manipulation"):
+        own = large.zscores(query)
+        monkeypatch.setattr(semantic, "OWN_SPREAD_FROM", len(large) + 1)
+        by_corpus = large.zscores(query)
+        monkeypatch.undo()
+        assert np.corrcoef(own, by_corpus)[0, 1] > 0.999
+        assert np.abs(own - by_corpus).max() < 0.5, (query, np.abs(own - by_corpus).max())
 
 
 @pytest.mark.parametrize("paper_id", ["2405.15682", "2506.09113", "2608.19758"])
@@ -157,7 +196,7 @@ def test_save_and_load_keep_the_embeddings_and_the_fingerprint(index, model, tmp
 def test_embeddings_of_another_model_are_refused(index, model, tmp_path):
     path = tmp_path / "concepts.npz"
     ConceptIndex(index.embeddings, "l2_supercat-256-0000000000000000").save(path)
-    with pytest.raises(ModelMismatch, match="rebuild the concept index"):
+    with pytest.raises(ModelMismatch, match="embeddings were made by model l2_supercat-256-0000000000000000 but"):
         ConceptIndex.load(path, model)
     assert issubclass(ModelMismatch, ConceptsUnavailable)
 

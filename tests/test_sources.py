@@ -55,6 +55,20 @@ def test_a_configured_arxiv_listing_is_filtered_like_daily_papers(client, tmp_pa
     assert 'href="https://arxiv.org/pdf/' in one["content_html"]
 
 
+def test_more_like_this_searches_the_same_source(client):
+    """An entry's "More like this" and the preview's link keep source=: the paper is in that source only."""
+    feed = feedparser.parse(client.get("/feed?source=arxiv-cs-lg&limit=500").data)
+    html = feed.entries[0].content[0].value
+    paper = feed.entries[0].id.rsplit("/", 1)[1]
+    link = f"http://localhost/feed?source=arxiv-cs-lg&amp;similar={paper}"
+    assert f'<a href="{link}">More like this</a>' in html, html
+    near = feedparser.parse(client.get(link.replace("&amp;", "&")).data)
+    assert near.entries and paper not in {e.id.rsplit("/", 1)[1] for e in near.entries}
+    row = client.get("/preview.json?source=arxiv-cs-lg").get_json()["papers"][0]
+    assert row["similar_url"] == f"/?source=arxiv-cs-lg&similar={row['id']}"
+    assert client.get(row["similar_url"]).status_code == 200
+
+
 def test_announce_type_filter(client):
     items = client.get("/feed?source=arxiv-cs-lg&announce=new&format=json").get_json()["items"]
     assert len(items) == 3

@@ -195,7 +195,9 @@ def build_preview(args: MultiDict) -> Preview:
         papers = find_papers(params, current)
         why = why_matched(params, [snapshot for _, snapshot in current], papers)
         marks = words_to_mark(params)
-        rows = tuple(Row(p, tuple(highlight(p.title, marks)), why.get(p.id, ""), url_for("page.index", similar=p.id))
+        scope = params.scope_params()  # papers like one of a source's are searched for in that source
+        rows = tuple(Row(p, tuple(highlight(p.title, marks)), why.get(p.id, ""),
+                         url_for("page.index") + "?" + encode_params([*scope, ("similar", p.id)]))
                      for p in papers)
         return Preview(**found, rows=rows, chart=week_chart(params, current))
     except NoData as exc:

@@ -104,6 +104,13 @@ class FeedRequest:
             params.append(("url", self.url))
         return params
 
+    def scope_params(self) -> list[tuple[str, str]]:
+        """What is searched (``source=`` or ``url=``), as URL parameters: a link to the papers like one
+        of this feed's keeps it, so it searches the same papers (empty for the default source)."""
+        if self.sources:
+            return [("source", ",".join(self.sources))]
+        return [("url", self.url)] if self.url else []
+
     def query_string(self) -> str:
         """url_params(), percent-encoded: what follows /feed? in the feed's canonical URL."""
         return encode_params(self.url_params())

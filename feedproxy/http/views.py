@@ -23,7 +23,7 @@ from feedproxy.errors import BadParameter, ConceptsUnavailable, NoData, UrlNotAl
 from feedproxy.http.conditional import feed_answer, max_age
 from feedproxy.http.feedcache import FeedCache, RenderedFeed
 from feedproxy.http.metrics import metrics_health
-from feedproxy.http.params import FeedRequest, parse_feed_request
+from feedproxy.http.params import FeedRequest, encode_params, parse_feed_request
 from feedproxy.render.digest import Digest, group_digests, render_digests
 from feedproxy.render.formats import FORMATS, FeedInfo
 from feedproxy.search.merged import explain_matches, prepared, search_snapshots
@@ -271,7 +271,7 @@ def render_feed(params: FeedRequest, current: list[tuple[Source, Snapshot]],
         alternate_url=current[0][0].url if len(current) == 1 and current[0][0].name != "hf-daily"
         else "https://huggingface.co/papers",
         why={} if params.digest else why_matched(params, snapshots, papers),
-        base_url=host_url or request.host_url,
+        similar_url=(host_url or request.host_url) + "feed?" + encode_params([*params.scope_params(), ("similar", "")]),
         hub_url=hub_url(host_url),
     )
     fmt = FORMATS[params.format]
@@ -350,9 +350,12 @@ def health_report(store: SnapshotStore) -> dict:
         "in_process_fallback": store.cannot_save,
         "saved_snapshot_ignored": store.saved_snapshot_ignored,
         # "ok", or why concept queries (~word, match=, similar=) answer 503; null while there is no data.
-        "concept_search": None if snapshot is None else (
-            "ok" if snapshot.index.concepts is not None else f"unavailable: {snapshot.index.concepts_error}"),
+        "concept_search": None if snapshot is None else _concept_search_health(snapshot.index.concepts_problem()),
     }
+
+
+def _concept_search_health(problem: str | None) -> str:
+    return "ok" if problem is None else f"unavailable: {problem}"
 
 
 def handle_http_error(exc: HTTPException) -> Response:

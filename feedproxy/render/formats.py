@@ -62,8 +62,9 @@ class FeedInfo:
     alternate_url: str = HF_PAPERS_PAGE
     # Why each paper matched, by paper id (the query terms found, or the concept it is near).
     why: Mapping[str, str] = field(default_factory=dict, compare=False)
-    # This server's base URL ("https://host/"): each entry links to /feed?similar=<its id> there.
-    base_url: str = ""
+    # Where each entry's "More like this" points, the entry's id to be appended: this server's
+    # /feed of the same source or url= ("https://host/feed?source=arxiv-cs-lg&similar="); "": no link.
+    similar_url: str = ""
     hub_url: str | None = None  # the WebSub hub announcing this feed's changes (rel=hub), if any
 
 
@@ -124,9 +125,9 @@ def _why_html(paper: Paper, info: FeedInfo) -> str:
 
 
 def _more_html(paper: Paper, info: FeedInfo) -> str:
-    if not info.base_url:
+    if not info.similar_url:
         return ""
-    href = info.base_url + "feed?similar=" + quote(paper.id, safe="")  # what urlencode writes, without its cost
+    href = info.similar_url + quote(paper.id, safe="")  # what urlencode writes, without its cost
     return f'<p><a href="{escape(href, quote=True)}">More like this</a></p>'
 
 

@@ -54,6 +54,14 @@ _SAFETENSOR_TYPES = {"F16": np.float16, "F32": np.float32}
 # use it to rank, or to widen a keyword query, rather than alone as a filter.
 DEFAULT_MIN_ZSCORE = 2.0
 
+# An index of fewer papers measures similarities against the benchmark corpus's spread (its mean
+# embedding and covariance, in REFERENCE_FILE) instead of its own: over n papers none can stand
+# more than sqrt(n - 1) deviations above their mean, so a blog of 5 posts could never match, and
+# a few dozen give a mean and deviation too noisy for one cut-off. bench/concept_reference.py
+# writes the file.
+OWN_SPREAD_FROM = 500
+REFERENCE_FILE = Path(__file__).with_name("concept_reference.npz")
+
 
 class ConceptModel:
     """WordLlama's token table (memory-mapped) and tokenizer, and a fingerprint naming them."""
@@ -92,11 +100,7 @@ class ConceptModel:
 def load_model() -> ConceptModel:
     """Open the model in the installed wordllama wheel, never downloading; or raise ConceptsUnavailable."""
     folder = _package_dir()
-    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
-        if not (folder / name).is_file():
-            raise ConceptsUnavailable(
-                f"concepts: model file {folder / name} is missing; reinstall wordllama "
-                f"({_version()} is installed) from its wheel")
+    fingerprint = _files_fingerprint(folder)  # ConceptsUnavailable when a file is missing
     try:
         from tokenizers import Tokenizer
 
@@ -108,15 +112,58 @@ def load_model() -> ConceptModel:
         raise ConceptsUnavailable(f"concepts: the WordLlama model did not load from {folder}: {error}") from error
     if table.ndim != 2 or table.shape[1] != MODEL_DIM:
         raise ConceptsUnavailable(f"concepts: {folder / WEIGHTS_FILE} holds a {table.shape} table, not (n, {MODEL_DIM})")
-    return ConceptModel(table, tokenizer, _fingerprint(folder, _version()))
+    return ConceptModel(table, tokenizer, fingerprint)
+
+
+# Why the last attempt to open the model in this process failed (a later concept query tries again).
+_load_failures: list[str] = []
 
 
 @functools.cache
 def shared_model() -> ConceptModel:
     """The model opened once per process; an index that lost its model (unpickled) uses it."""
-    model = load_model()
+    try:
+        model = load_model()
+    except ConceptsUnavailable as exc:
+        _load_failures[:] = [str(exc)]
+        raise
+    _load_failures.clear()
     release_free_memory()  # reading the tokenizer's JSON leaves about 6 MB of freed heap
     return model
+
+
+def model_problem(fingerprint: str) -> str | None:
+    """Why embeddings made by model ``fingerprint`` cannot be searched in this process, or None.
+
+    Opens no model (a worker loads it on its first concept query, which /healthz must not be): the
+    model in use, else the last failure to open it, else the installed wheel's files and fingerprint.
+    """
+    if shared_model.cache_info().currsize:
+        installed = shared_model().fingerprint
+    elif _load_failures:
+        return _load_failures[0]
+    else:
+        try:
+            installed = _installed_fingerprint()
+        except ConceptsUnavailable as exc:
+            return str(exc)
+    if installed != fingerprint:
+        return _mismatch(fingerprint, installed)
+    return None
+
+
+@functools.cache
+def _installed_fingerprint() -> str:
+    return _files_fingerprint(_package_dir())
+
+
+def _files_fingerprint(folder: Path) -> str:
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).is_file():
+            raise ConceptsUnavailable(
+                f"concepts: model file {folder / name} is missing; reinstall wordllama "
+                f"({_version()} is installed) from its wheel")
+    return _fingerprint(folder, _version())
 
 
 def _package_dir() -> Path:
@@ -152,8 +199,16 @@ def _fingerprint(folder: Path, version: str) -> str:
     """Name the model by its files' bytes and wordllama's version."""
     digest = hashlib.sha256(f"wordllama {version} {MODEL_CONFIG} {MODEL_DIM}\n".encode())
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
-        digest.update((folder / name).read_bytes())
+        with (folder / name).open("rb") as handle:  # in pieces: 16 MB read at once would stay in the heap
+            for piece in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(piece)
     return f"{MODEL_CONFIG}-{MODEL_DIM}-{digest.hexdigest()[:16]}"
+
+
+def _mismatch(made_by: str, installed: str) -> str:
+    return (f"concepts: embeddings were made by model {made_by} but {installed} is installed; "
+            "they are rebuilt when new papers arrive, or at once if you delete index-*.pickle in the "
+            "source's data folder and restart")
 
 
 class ConceptIndex:
@@ -196,9 +251,7 @@ class ConceptIndex:
     def attach(self, model: ConceptModel) -> None:
         """Use this model for queries; it must be the one that made the embeddings."""
         if model.fingerprint != self.fingerprint:
-            raise ModelMismatch(
-                f"concepts: embeddings were made by model {self.fingerprint} but {model.fingerprint} "
-                "is loaded; rebuild the concept index")
+            raise ModelMismatch(_mismatch(self.fingerprint, model.fingerprint))
         self._model = model
 
     def similarity(self, query_text: str) -> np.ndarray:
@@ -207,16 +260,28 @@ class ConceptIndex:
         return self.embeddings @ query
 
     def zscores(self, query_text: str) -> np.ndarray:
-        """Each paper's similarity in standard deviations above the mean over this index.
+        """Each paper's similarity in standard deviations above the mean over this index (over the
+        benchmark corpus for an index of fewer than OWN_SPREAD_FROM papers).
 
         Comparable across queries, unlike raw cosines, so one cut-off (DEFAULT_MIN_ZSCORE) serves
-        every query; meaningful only over many unrelated papers (a snapshot, not a handful).
+        every query.
         """
-        return _zscores(self.similarity(query_text))
+        return self._zscores(self.model.embed([query_text])[0])
 
     def zscores_of_row(self, row: int) -> np.ndarray:
         """``zscores`` of the text that made row ``row``, from its saved embedding (no model needed)."""
-        return _zscores(self.embeddings @ self.embeddings[row])
+        return self._zscores(self.embeddings[row])
+
+    def _zscores(self, query: np.ndarray) -> np.ndarray:
+        scores = self.embeddings @ query
+        reference = corpus_spread(self.fingerprint) if len(self) < OWN_SPREAD_FROM else None
+        if reference is None:
+            return _zscores(scores)
+        mean, covariance = reference
+        spread = math.sqrt(max(float(query @ covariance @ query), 0.0))
+        if spread < 1e-6:
+            return np.zeros_like(scores)
+        return (scores - np.float32(query @ mean)) / np.float32(spread)
 
     def nearest(self, query_text: str, k: int = 10, min_similarity: float = 0.0) -> list[tuple[int, float]]:
         """The k papers most similar to the query, as (row, similarity), most similar first."""
@@ -249,6 +314,19 @@ class ConceptIndex:
         self.embeddings = state["embeddings"]
         self.fingerprint = state["fingerprint"]
         self._model = None
+
+
+@functools.cache
+def corpus_spread(fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The benchmark corpus's mean embedding and covariance (REFERENCE_FILE), if model ``fingerprint``
+    made them; None otherwise (a small index then measures against its own papers)."""
+    try:
+        with np.load(REFERENCE_FILE, allow_pickle=False) as saved:
+            if str(saved["fingerprint"]) != fingerprint:
+                return None
+            return saved["mean"].astype(np.float32), saved["covariance"].astype(np.float32)
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _zscores(scores: np.ndarray) -> np.ndarray:

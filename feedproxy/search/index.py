@@ -34,9 +34,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from feedproxy.errors import ConceptsUnavailable, InvalidValue
-from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex
+from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex, model_problem
 from feedproxy.search.query import (
-    And, Compare, Concept, Has, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, positive_leaves,
+    And, Compare, Concept, Has, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, keyword_part,
+    positive_leaves,
 )
 from feedproxy.upstream.papers import Paper, newest_first
 
@@ -89,6 +90,15 @@ class PaperIndex:
                 self.concepts_error = str(exc)
         self._index_text()
         self._index_filters()
+
+    def concepts_problem(self) -> str | None:
+        """Why concept queries cannot run over this index in this process (they answer 503), or None.
+
+        Opens no model: /healthz asks it of a worker that may never have had a concept query.
+        """
+        if self.concepts is None:
+            return self.concepts_error
+        return model_problem(self.concepts.fingerprint)
 
     def _index_text(self) -> None:
         """Build the stem strings and compound splits, then the postings.
@@ -414,19 +424,20 @@ class PaperIndex:
             return self._by_bm25(root, matches, limit)
         # Keyword and concept scores are not comparable: fuse their rankings by reciprocal rank fusion
         # (search.concepts.reciprocal_rank_fusion, done here over arrays: a similar= feed ranks a sixth
-        # of the window). Ties go to the newer paper. One ranking alone needs no fusing.
+        # of the window). Each ranking holds only the matches of its own part of the query: BM25 ranks
+        # those of the keyword part, a concept those near enough to it. Ties go to the newer paper.
         numbers = np.fromiter(_positions(matches), dtype=np.int64)
         if not numbers.size:
             return []
         rankings = []
-        if positive_leaves(root):
-            by_bm25 = np.asarray(self._by_bm25(root, matches, numbers.size), dtype=np.int64)
+        keywords = keyword_part(root)
+        if keywords is not None and (by_words := search.matches(keywords) & matches):
+            by_bm25 = np.asarray(self._by_bm25(root, by_words, by_words.bit_count()), dtype=np.int64)
             rankings.append(np.searchsorted(numbers, by_bm25))  # positions in ``numbers``, best first
         for concept in concepts:
             scores = search.concept_scores(concept)[numbers]
-            rankings.append(np.lexsort((numbers, -scores)))
-        if len(rankings) == 1:
-            return numbers[rankings[0][:limit]].tolist()
+            near = np.flatnonzero(scores >= _cutoff(concept))
+            rankings.append(near[np.lexsort((numbers[near], -scores[near]))])
         fused = np.zeros(numbers.size)
         shares = 1.0 / (RRF_K + np.arange(1, numbers.size + 1))
         for ranking in rankings:
@@ -550,6 +561,11 @@ class _FieldPostings:
         return _bits_from_positions(self.positions[start : start + (packed & 0xFFFFFF)])
 
 
+def _cutoff(concept: Concept) -> float:
+    """How near a paper must be to match ``concept``, in standard deviations above the window's mean."""
+    return DEFAULT_MIN_ZSCORE if concept.min_score is None else concept.min_score
+
+
 class _Search:
     """One query evaluated within a scope, remembering each node's bitsets.
 
@@ -611,8 +627,7 @@ class _Search:
             found = self.index.postings(node.stem, node.field) & self.scope
             return found, found
         if isinstance(node, Concept):
-            cutoff = DEFAULT_MIN_ZSCORE if node.min_score is None else node.min_score
-            found = _bits_from_mask(self.concept_scores(node) >= cutoff) & self.scope
+            found = _bits_from_mask(self.concept_scores(node) >= _cutoff(node)) & self.scope
             return found, found
         if isinstance(node, Phrase):
             self._variants[id(node)] = variants = self.index.phrase_variants(node.stems)

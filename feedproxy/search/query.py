@@ -476,6 +476,24 @@ def concept_leaves(node: Node | None) -> list[Concept]:
     return list(dict.fromkeys(leaf for op in node.operands for leaf in concept_leaves(op)))
 
 
+def keyword_part(node: Node | None) -> Node | None:
+    """What ``node`` asks of the words alone, its concepts left out; None when that is nothing.
+
+    Hybrid ranking ranks by BM25 only the papers this part matches (reciprocal rank fusion ranks each
+    list's own results): in ``a b OR ~"a b"`` that is ``a b``, not every paper with an ``a``. A concept
+    in an AND is left out (the rest must still hold), one in an OR is an alternative dropped; an AND
+    or OR left without a word or phrase to score has no keyword part.
+    """
+    if node is None or isinstance(node, Concept):
+        return None
+    if isinstance(node, (Term, Phrase, Not, *FILTERS)):
+        return node
+    kept = tuple(part for op in node.operands if (part := keyword_part(op)) is not None)
+    if not positive_leaves(Or(kept)):
+        return None
+    return kept[0] if len(kept) == 1 else type(node)(kept)
+
+
 def _leaf_stems(leaf: Term | Phrase) -> tuple[str, ...]:
     return (leaf.stem,) if isinstance(leaf, Term) else leaf.stems
 
@@ -642,11 +660,25 @@ def _lex_field(text: str, start: int, value: int, tokens: list[_Token]) -> int:
         raise _error(
             text, start, f'"{name}:" applies to one word or a quoted phrase, not a group', f"write {name}:a OR {name}:b"
         )
+    if text[value] == "~":
+        concept = _printable(_concept_written(text, value))[:60]
+        words = concept[1:] or "word"
+        raise _error(text, start, f'"{name}:" applies to words, not to a concept (a concept is near a paper\'s whole text)',
+                     f"write {name}:{words} ~{words}, or just ~{words}")
     if text[value] in _QUOTES:
         return _lex_phrase(text, start, value, name, tokens)
     end = _word_end(text, value)
     tokens.append(_Token("WORD", start, text[value:end], name))
     return end
+
+
+def _concept_written(text: str, tilde: int) -> str:
+    """The concept as written from ``tilde`` on: ~word or ~"a phrase" (with its quotes)."""
+    after = tilde + 1
+    if after < len(text) and text[after] in _QUOTES:
+        close = next((j for j in range(after + 1, len(text)) if text[j] in _QUOTES), None)
+        return text[tilde : close + 1] if close is not None else "~"
+    return text[tilde : _word_end(text, after)]
 
 
 def _lex_has(text: str, start: int, value: int, tokens: list[_Token]) -> int:

@@ -47,6 +47,7 @@ _SOURCE_AT_START = re.compile(rb'\{"format": \d+, "source": ("(?:[^"\\]|\\.)*")'
 
 def code_fingerprint() -> str:
     """A hash of the code whose classes an index pickle holds: a code change invalidates old pickles.
+    So does another wordllama version, whose model made the pickle's concept vectors.
 
     The files are read, not imported: the search stage comes after this one.
     """
@@ -54,6 +55,10 @@ def code_fingerprint() -> str:
     package = Path(__file__).parent.parent
     for path in (*sorted((package / "search").glob("*.py")), package / "upstream" / "papers.py", Path(__file__)):
         digest.update(path.read_bytes())
+    try:
+        digest.update(f"wordllama={metadata.version('wordllama')}".encode())
+    except metadata.PackageNotFoundError:
+        pass
     return digest.hexdigest()[:16]
 
 
