@@ -13,10 +13,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from feedproxy.search.index import PaperIndex
+from feedproxy.search import index as index_module
+from feedproxy.search.index import PaperIndex, concept_text
 from feedproxy.upstream.papers import Paper, paper_from_item
-from feedproxy.search.query import parse_query
+from feedproxy.search.query import Concept, Query, parse_query
 
 FIXTURES = Path(__file__).parent / "fixtures" / "daily_papers"
 
@@ -544,3 +547,25 @@ def test_recurring_names_keywords_and_organisations_are_one_string_each_once_sav
                 seen += 1
                 assert first.setdefault(text, text) is text, text
     assert seen - len(first) > 20  # the fixtures do repeat some
+
+
+@given(st.sets(st.integers(min_value=0, max_value=3000), max_size=300))
+def test_position_arrays_are_the_set_bits_lowest_first(positions):
+    bits = index_module._bits_from_positions(sorted(positions))
+    assert index_module._position_array(bits).tolist() == list(index_module._positions(bits)) == sorted(positions)
+
+
+def test_relevance_ranking_reads_matches_without_a_python_step_per_bit(monkeypatch):
+    """A similar= feed ranks about a sixth of the window: its matches become an array in numpy
+    (_position_array), not by walking the bits (_positions took 1.2 ms of a 10 ms query at 1,600)."""
+    index = PaperIndex(REAL_PAPERS)
+
+    def walked(bits):
+        raise AssertionError("matches walked bit by bit")
+
+    monkeypatch.setattr(index_module, "_positions", walked)
+    near = Concept(concept_text(index.papers[0]), min_score=-10.0, paper=index.papers[0].id)
+    ranked = index.search(Query("", near), sort="relevance", limit=len(index))
+    assert len(ranked) == len(index) and ranked[0] == index.papers[0]
+    hybrid = index.search(parse_query("video model").matching("hybrid"), sort="relevance", limit=500)
+    assert hybrid

@@ -426,7 +426,7 @@ class PaperIndex:
         # (search.concepts.reciprocal_rank_fusion, done here over arrays: a similar= feed ranks a sixth
         # of the window). Each ranking holds only the matches of its own part of the query: BM25 ranks
         # those of the keyword part, a concept those near enough to it. Ties go to the newer paper.
-        numbers = np.fromiter(_positions(matches), dtype=np.int64)
+        numbers = _position_array(matches)
         if not numbers.size:
             return []
         rankings = []
@@ -447,7 +447,7 @@ class PaperIndex:
     def _by_bm25(self, root: Node | None, matches: int, limit: int) -> list[int]:
         # Column by column: str.count mapped over all matches runs in C, which
         # keeps a thousand matches near a millisecond.
-        numbers = list(_positions(matches))
+        numbers = _position_array(matches).tolist()
         texts = list(map(self._texts.__getitem__, numbers))
         norms = list(map(self._norms.__getitem__, numbers))
         scores = [0.0] * len(numbers)
@@ -769,6 +769,13 @@ def _positions(bits: int) -> Iterator[int]:
     while position >= 0:
         yield position
         position = digits.find("1", position + 1)
+
+
+def _position_array(bits: int) -> np.ndarray:
+    """The set bits of ``bits`` (not negative), lowest first, as an array: what ``_positions`` yields,
+    without a Python step per bit (a similar= feed's 1,600 matches took 1.2 ms that way)."""
+    raw = bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+    return np.flatnonzero(np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little"))
 
 
 def _all_of(bitsets: Iterable[int]) -> int:
