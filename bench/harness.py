@@ -196,6 +196,25 @@ class Gunicorn:
         """Resident memory of each worker in MB (VmRSS)."""
         return {pid: rss_mb(pid) for pid in self.worker_pids()}
 
+    def worker_memory_detail(self) -> dict[int, dict[str, int]]:
+        """Where each worker's memory is, in MB: anonymous and file-backed resident, the peak (VmHWM) and
+        the brk heap's resident part. Kept in the JSON results to explain a worker that stands out."""
+        detail = {}
+        for pid in self.worker_pids():
+            fields = {}
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    fields[name] = int(value.split()[0]) // 1024
+            heap, in_heap = 0, False
+            for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+                if not line[:1].isupper():
+                    in_heap = line.endswith("[heap]")
+                elif in_heap and line.startswith("Rss:"):
+                    heap += int(line.split()[1])
+            detail[pid] = {**fields, "heap": heap // 1024}
+        return detail
+
     def check_running(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"gunicorn {self.name} exited with {self.proc.returncode}:\n{self.errors()[-3000:]}")

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             f"from {len(upstream.requests)} upstream requests")
         time.sleep(1)
         results["rss_loaded_mb"] = server.worker_rss_mb()
+        results["memory_loaded_detail"] = server.worker_memory_detail()
         steady_from = len(upstream.requests)
         steady_began = time.monotonic()
 
@@ -121,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                                                             options.connections)
         results["distinct_total"] = results["distinct_one"]["distinct_q"] + results["distinct_load"]["distinct_q"]
         results["rss_after_distinct_mb"] = server.worker_rss_mb()
+        results["memory_after_distinct_detail"] = server.worker_memory_detail()
         sample = one_at_a_time[: options.sequential: max(1, options.sequential // 200)]
         results["entries"] = entries_rendered(server, [f"q={query}" for query in sample])
         results["concepts"] = measure_concept_queries(server, concept_files, options)
         results["rss_after_concepts_mb"] = server.worker_rss_mb()
+        results["memory_after_concepts_detail"] = server.worker_memory_detail()
         if options.profile and harness.py_spy():
             results["profiles"] = {
                 "new queries": profile_worker(server, "new-queries", "/feed", work, options, script="distinct.lua",

@@ -1,10 +1,11 @@
 """Keep a worker's C heap small: fewer malloc arenas, and freed memory handed back to the system.
 
 glibc's malloc gives each thread that allocates at the same time as another an arena of its own
-(up to 8 per core), and keeps freed memory in them for reuse. A gunicorn worker runs 4 request
-threads, and the tokenizer (Rust) and numpy allocate outside the GIL: measured on the benchmark
-corpus, 500 concept queries over 4 threads grew a worker by about 45 MB of freed but kept memory
-with the default arenas, and by none with one. Unpickling a 9,877-paper index leaves about 6 MB
+(up to 8 per core), and keeps freed memory in them for reuse. A worker has threads besides the
+request's (the refresh that loads a new index, the WebSub hub, GUNICORN_THREADS > 1), and the
+tokenizer (Rust) and numpy allocate outside the GIL: measured on the benchmark corpus, 500 concept
+queries over 4 request threads grew a worker by about 45 MB of freed but kept memory with the
+default arenas, and by none with one. Unpickling a 9,877-paper index leaves about 6 MB
 of freed memory behind, loading the model another 6 MB.
 
 Both calls are glibc's (``mallopt``, ``malloc_trim``); elsewhere (musl, macOS) they do nothing.

@@ -69,7 +69,11 @@ class FeedInfo:
 
 
 def _text(value: str) -> str:
-    # Upstream text never carries a slot marker: only the entry's own slots are filled.
+    # Upstream text never carries a slot marker: only the entry's own slots are filled. Nearly every
+    # name, keyword and title is printable and has no "{{": one check each instead of three scans
+    # (an entry calls this about 20 times).
+    if value.isprintable() and "{{" not in value:
+        return value
     return strip_xml_forbidden(value).replace(WHY_SLOT, "").replace(MORE_SLOT, "")
 
 
