@@ -29,7 +29,9 @@ from feedproxy.render.digest import PERIODS
 from feedproxy.render.formats import FORMATS
 from feedproxy.store.snapshot import Snapshot
 from feedproxy.store.sources import Source, current_snapshots
-from feedproxy.http.views import find_papers, parse_request_args, plain, sources_for, why_matched
+from feedproxy.http.views import (
+    concepts_unavailable_text, find_papers, parse_request_args, plain, sources_for, why_matched,
+)
 
 bp = Blueprint("page", __name__)
 
@@ -155,6 +157,7 @@ class Preview:
     error_status: int = 400
     error_control: str = "q"  # the form control the message is about
     no_data: NoData | None = None
+    unavailable: str | None = None  # why concept search cannot answer these parameters here (503)
 
 
 def _absolute(path: str, pairs: list[tuple[str, str]]) -> str:
@@ -205,7 +208,7 @@ def build_preview(args: MultiDict) -> Preview:
     except BadParameter as exc:  # similar= names a paper no source holds
         return Preview(error=str(exc), error_status=exc.status, error_control=exc.parameter or "q")
     except ConceptsUnavailable as exc:
-        return Preview(**found, no_data=NoData(f"{exc}; keyword queries still work", 60))
+        return Preview(**found, unavailable=concepts_unavailable_text(exc, params))
 
 
 @bp.get("/")
@@ -239,10 +242,11 @@ def preview_json() -> Response:
     preview = build_preview(request.args)
     if preview.error:
         return _json({"error": preview.error, "parameter": preview.error_control}, preview.error_status)
-    if preview.no_data is not None:
-        body = {"error": f"no papers yet: {preview.no_data.reason}", "feed_url": preview.feed_url,
-                "opml_url": preview.opml_url}
-        return _json(body, 503, {"Retry-After": str(preview.no_data.retry_after)})
+    if preview.no_data is not None or preview.unavailable is not None:
+        reason = preview.unavailable or f"no papers yet: {preview.no_data.reason}"
+        retry = preview.no_data.retry_after if preview.no_data is not None else 60
+        body = {"error": reason, "feed_url": preview.feed_url, "opml_url": preview.opml_url}
+        return _json(body, 503, {"Retry-After": str(retry)})
     papers = [
         {"id": row.paper.id, "title": row.paper.title, "url": row.paper.url, "published": iso_z(row.paper.published),
          "upvotes": row.paper.upvotes, "organization": row.paper.organization or None,

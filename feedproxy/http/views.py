@@ -151,7 +151,7 @@ def feed() -> Response:
     except BadParameter as exc:  # similar= names a paper none of the sources holds
         return plain(str(exc), exc.status)
     except ConceptsUnavailable as exc:
-        return concepts_unavailable(exc, current)
+        return concepts_unavailable(exc, current, params)
     g.feedproxy_cache = "hit" if cached else "miss"  # for the request log and metrics
     stores = tuple(source.store for source, _ in current)
     if params.url is None:
@@ -163,10 +163,17 @@ def feed() -> Response:
     return Response(body, status=status, headers=headers)
 
 
-def concepts_unavailable(exc: ConceptsUnavailable, current: list[tuple[Source, Snapshot]]) -> Response:
+def concepts_unavailable(exc: ConceptsUnavailable, current: list[tuple[Source, Snapshot]],
+                         params: FeedRequest) -> Response:
     """503 for a concept query when the model could not load: keyword feeds keep working meanwhile."""
     retry = max(60, min(source.store.seconds_until_refresh() for source, _ in current))
-    return plain(f"{exc}; keyword queries still work (drop the ~ and match=)", 503, {"Retry-After": str(retry)})
+    return plain(concepts_unavailable_text(exc, params), 503, {"Retry-After": str(retry)})
+
+
+def concepts_unavailable_text(exc: ConceptsUnavailable, params: FeedRequest) -> str:
+    """Why a concept query cannot be answered, and what still can be (shared with the web page)."""
+    drop = "similar=" if params.similar is not None else "the ~ and match="
+    return f"{exc}; keyword queries still work (drop {drop})"
 
 
 def sources_for(params: FeedRequest) -> list[Source]:
