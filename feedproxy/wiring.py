@@ -56,6 +56,7 @@ def build_sources(
         return SnapshotStore(
             listing,
             build_index=PaperIndex,
+            index_outdated=PaperIndex.can_gain_concepts,
             window_days=config.window_days,
             max_papers=max_papers,
             refresh_seconds=config.refresh_seconds,

@@ -230,6 +230,26 @@ def test_healthz_tells_when_a_saved_index_cannot_be_searched_by_concept(upstream
         concepts._installed_fingerprint.cache_clear()
 
 
+def test_an_index_built_without_the_model_is_built_again_once_the_model_loads(upstream, clock, tmp_path, monkeypatch):
+    """The papers have not changed, but the index lacks concept vectors the model can now give: the
+    next refresh builds it again rather than keeping it until new papers arrive (and so does a restart)."""
+    def no_model():
+        raise ConceptsUnavailable("concepts: model file /x/weights.safetensors is missing")
+
+    config = make_config(upstream.url, data_dir=str(tmp_path))
+    with monkeypatch.context() as broken:
+        broken.setattr(concepts, "shared_model", no_model)
+        client = create_app(config, clock=clock).test_client()
+        assert client.get("/feed?q=~reasoning").status_code == 503
+        clock.advance(901)
+        assert client.get("/feed?q=~reasoning").status_code == 503  # still failing: nothing rebuilt
+    assert client.get("/feed?q=~reasoning").status_code == 503  # due again only after the interval
+    clock.advance(901)
+    client.get("/feed")  # the refresh: the same papers from the upstream
+    assert client.get("/feed?q=~reasoning").status_code == 200
+    assert json.loads(client.get("/healthz").data)["concept_search"] == "ok"
+
+
 def _refuse(*args, **kwargs):
     raise ConceptsUnavailable("concepts: the model would not open")
 

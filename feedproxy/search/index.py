@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from feedproxy.errors import ConceptsUnavailable, InvalidValue
+from feedproxy.search import concepts as concept_search
 from feedproxy.search.concepts import DEFAULT_MIN_ZSCORE, RRF_K, ConceptIndex, model_problem
 from feedproxy.search.query import (
     And, Compare, Concept, Has, Node, Not, Or, Phrase, Query, Term, TextAnalyser, concept_leaves, keyword_part,
@@ -82,6 +83,7 @@ class PaperIndex:
         # works either way; concept queries raise ConceptsUnavailable with this reason.
         self.concepts: ConceptIndex | None = None
         self.concepts_error: str | None = "concept search is off for this index"
+        self.concepts_wanted = concepts
         if concepts:
             try:
                 self.concepts = ConceptIndex.build([concept_text(p) for p in self.papers])
@@ -90,6 +92,18 @@ class PaperIndex:
                 self.concepts_error = str(exc)
         self._index_text()
         self._index_filters()
+
+    def can_gain_concepts(self) -> bool:
+        """Built without concept vectors though asked for them (the model would not load then), and the
+        model loads now: the next refresh builds the index again instead of keeping it, without concept
+        search, until new papers arrive."""
+        if self.concepts is not None or not self.concepts_wanted:
+            return False
+        try:
+            concept_search.shared_model()
+        except ConceptsUnavailable:
+            return False
+        return True
 
     def concepts_problem(self) -> str | None:
         """Why concept queries cannot run over this index in this process (they answer 503), or None.

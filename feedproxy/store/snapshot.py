@@ -119,9 +119,13 @@ class SnapshotStore:
         on_upstream_request: Callable[[str], None] | None = None,
         refresher: Callable[[float], None] | None = None,
         load_saved: bool = True,
+        index_outdated: Callable[[object], bool] = lambda index: False,
     ):
         self.source = source
         self.build_index = build_index
+        # Whether an index must be built again though its papers are unchanged (search.index: built
+        # without concept vectors while the model would not load, and it loads now).
+        self.index_outdated = index_outdated
         self.window = timedelta(days=window_days)
         self.max_papers = max_papers  # held at most, the newest, and fetched at most per refresh
         self.refresh_seconds = refresh_seconds
@@ -406,7 +410,7 @@ class SnapshotStore:
 
         if fetched:
             merged = merge_window(held.papers if held else (), fetched, self.window, now, self.max_papers)
-            if held is None or content_version(merged) != held.version:
+            if held is None or content_version(merged) != held.version or self.index_outdated(held.index):
                 self._snapshot = Snapshot.build(merged, now, self._next_change_time(now),
                                                 build_index=self.build_index, validators=validators)
                 del merged, held
