@@ -54,7 +54,7 @@ bind = f"0.0.0.0:{_whole('PORT', 8000, 1, 65535)}"
 # behind a buffering proxy such as nginx). A query is CPU work under the GIL: threads in a worker only
 # queue for it, so a request on 4 threads measured 4 times longer server side (concept queries on
 # 16 connections: median 42.8 ms against 10.2 ms with one thread) for less throughput (132 a second
-# against 151). GUNICORN_THREADS above 1 selects the gthread worker (keep-alive; no proxy in front).
+# against 151). GUNICORN_THREADS above 1 selects the gthread worker (keep-alive; nginx still in front).
 workers = _whole("WEB_CONCURRENCY", 2, 1, 64)
 threads = _whole("GUNICORN_THREADS", DEFAULT_THREADS, 1, 64)
 
